@@ -6,7 +6,7 @@ ROOT=${ROOT:?}
 BUILD=$ROOT/build
 TREE=$BUILD/linux
 BASETREE=$BUILD/linux-base
-PATCHES=$ROOT/patches
+PATCHES=${PATCHES_DIR:-$ROOT/patches}
 COVER=0000-cover-letter.patch
 
 # Fixed identity/date so the base commit (and so the base-commit: line of the
