@@ -1,0 +1,47 @@
+# Build/boot/test harness for the AF_VSOCK network-namespace series.
+# See README.md.  Everything real lives in scripts/.
+
+PROFILE ?= default
+SHELL := /bin/bash
+
+.PHONY: help deps tree export kernel check vm demo lint bench check-debug
+
+help:
+	@echo "targets: deps tree export kernel [PROFILE=default|baseline|debug|modules]"
+	@echo "         check vm [PROFILE=...] demo lint bench check-debug"
+
+deps:
+	scripts/install-deps
+
+tree:
+	scripts/make-tree
+
+export:
+	scripts/export-series
+
+kernel:
+	scripts/build-kernel $(PROFILE)
+
+# deps + tree (if missing) + kernel + one boot running every suite
+check:
+	CHECK_PROFILE=$(PROFILE) scripts/run-check
+
+vm:
+	scripts/vm-run --profile $(PROFILE) --interactive --timeout 86400 -- bash
+
+define not_yet
+	@if [ -x scripts/$(1) ]; then scripts/$(1); else \
+		echo "make $@: not implemented yet (scripts/$(1) does not exist)" >&2; exit 1; fi
+endef
+
+demo:
+	$(call not_yet,demo)
+
+lint:
+	$(call not_yet,lint)
+
+bench:
+	$(call not_yet,bench)
+
+check-debug:
+	$(call not_yet,check-debug)
