@@ -1,0 +1,499 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vsock_ns_bench - micro-benchmarks for the AF_VSOCK netns series (make bench)
+ *
+ * Runs as root in the guest, on our kernel and on the unpatched baseline.
+ * Every figure is guest time from clock_gettime(CLOCK_MONOTONIC); under
+ * vm-run --icount that is a function of the instructions executed.
+ *
+ * Output: one line per measured repetition,
+ *	RESULT <name> <value> <unit>
+ * and "NA <name> <reason>" when a figure does not exist on this kernel (a
+ * local netns on the baseline).  The host (scripts/bench) takes medians.
+ *
+ * Namespace kinds: "init" (init_net), "global" (a fresh netns, child of
+ * init_net) and "local".  init_net's child_ns_mode is write-once for the boot
+ * and never written: a local netns is made by unsharing a "parent" netns,
+ * writing "local" to its child_ns_mode and unsharing again from there.
+ *
+ *	connrate KIND ITERS REPS
+ *		connect+accept+close loop on CID 1 inside a KIND netns
+ *	scale MODE NLIST ITERS REPS [vhost]
+ *		connect latency to CID 1 port P while N (from the comma list)
+ *		extra sockets exist.  MODE "local": N local namespaces each
+ *		with a listener on P (SPEC K4), measured from init, global and
+ *		local.  MODE "ref": N sockets in init_net on ports P + k*251,
+ *		all in the listener's bucket (a table keyed on the port alone).
+ *		With "vhost" each N also holds a /dev/vhost-vsock with CID 42
+ *		(local) or CID 1000+k (ref) and SET_GUEST_CID is timed.
+ *	churn KIND COUNT REPS
+ *		netns create+destroy rate, each netns opening a vsock socket;
+ *		destruction is included (waits until the netns are freed)
+ *	mem KIND COUNT REPS
+ *		MemFree/Slab delta per netns with COUNT namespaces held open
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <linux/vhost.h>
+#include <linux/vm_sockets.h>
+
+#define PORT		5000
+#define BUCKETS		251	/* VSOCK_HASH_SIZE */
+#define VHOST_CID	42
+#define MAXN		20000
+
+static int init_fd = -1, parent_fd = -1;
+
+static void die(const char *what)
+{
+	fprintf(stderr, "vsock_ns_bench: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+static double now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static int write_str(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, s, strlen(s)) != (ssize_t)strlen(s))
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/* Move this process into a new netns of @kind ("init": into init_net). */
+static int ns_enter(const char *kind)
+{
+	if (setns(init_fd, CLONE_NEWNET))
+		die("setns init");
+	if (!strcmp(kind, "init"))
+		return 0;
+	if (!strcmp(kind, "global"))
+		return unshare(CLONE_NEWNET) ? -errno : 0;
+	if (strcmp(kind, "local"))
+		return -EINVAL;
+	if (parent_fd < 0) {
+		int ret;
+
+		if (unshare(CLONE_NEWNET))
+			die("unshare parent");
+		ret = write_str("/proc/sys/net/vsock/child_ns_mode", "local\n");
+		if (ret) {
+			setns(init_fd, CLONE_NEWNET);
+			return ret;
+		}
+		parent_fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+		if (parent_fd < 0)
+			die("open parent ns");
+	} else if (setns(parent_fd, CLONE_NEWNET)) {
+		die("setns parent");
+	}
+	return unshare(CLONE_NEWNET) ? -errno : 0;
+}
+
+static int self_ns_fd(void)
+{
+	int fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		die("open ns");
+	return fd;
+}
+
+static int vsock_socket(void)
+{
+	int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (s < 0)
+		die("socket");
+	return s;
+}
+
+static int bind_port(int s, unsigned int port)
+{
+	struct sockaddr_vm a = {
+		.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
+		.svm_port = port,
+	};
+
+	return bind(s, (struct sockaddr *)&a, sizeof(a)) ? -errno : 0;
+}
+
+static int listener(unsigned int port)
+{
+	int s = vsock_socket();
+
+	if (bind_port(s, port))
+		die("bind listener");
+	if (listen(s, 128))
+		die("listen");
+	return s;
+}
+
+/*
+ * One connect to CID 1:@port, accepted on @l; returns connect() time in us.
+ * With @settle, wait a little after the close so that the loopback work it
+ * queued (shutdown, reset) is done before the next connect is timed: without
+ * it the latency is bimodal (about 130 or 240 us under TCG) depending on
+ * whether that work ran before or inside the next connect().
+ */
+static double one_connect(int l, unsigned int port, int settle)
+{
+	struct sockaddr_vm a = {
+		.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_LOCAL,
+		.svm_port = port,
+	};
+	int c = vsock_socket(), s;
+	double t0, t1;
+
+	t0 = now_us();
+	if (connect(c, (struct sockaddr *)&a, sizeof(a)))
+		die("connect");
+	t1 = now_us();
+	s = accept(l, NULL, NULL);
+	if (s < 0)
+		die("accept");
+	close(s);
+	close(c);
+	if (settle)
+		usleep(1000);
+	return t1 - t0;
+}
+
+static void na(const char *name, int err)
+{
+	printf("NA %s %s\n", name, strerror(-err));
+	fflush(stdout);
+}
+
+static void result(const char *name, double v, const char *unit)
+{
+	printf("RESULT %s %.3f %s\n", name, v, unit);
+	fflush(stdout);
+}
+
+static int cmd_connrate(const char *kind, int iters, int reps)
+{
+	char name[64];
+	int l, r, i, ret;
+
+	snprintf(name, sizeof(name), "connrate.%s", kind);
+	ret = ns_enter(kind);
+	if (ret) {
+		na(name, ret);
+		return 0;
+	}
+	l = listener(PORT);
+	for (i = 0; i < iters / 10 + 1; i++)	/* warm-up */
+		one_connect(l, PORT, 0);
+	for (r = 0; r < reps; r++) {
+		double t0 = now_us();
+
+		for (i = 0; i < iters; i++)
+			one_connect(l, PORT, 0);
+		result(name, iters / ((now_us() - t0) / 1e6), "conn/s");
+	}
+	close(l);
+	return 0;
+}
+
+/* Measuring points for "scale": the netns, its listener, its vhost device. */
+struct point {
+	const char *kind;
+	unsigned int port;
+	uint64_t cid;
+	int ns, l, vhost;
+};
+
+static int vhost_open_cid(unsigned long long cid)
+{
+	int fd = open("/dev/vhost-vsock", O_RDWR | O_CLOEXEC);
+	uint64_t c = cid;
+
+	if (fd < 0)
+		die("open /dev/vhost-vsock");
+	if (ioctl(fd, VHOST_VSOCK_SET_GUEST_CID, &c))
+		die("VHOST_VSOCK_SET_GUEST_CID");
+	return fd;
+}
+
+static void measure_point(struct point *p, const char *mode, int n,
+			  int iters, int reps, int vhost)
+{
+	double *v = calloc(iters, sizeof(*v));
+	char name[96];
+	int r, i;
+
+	if (setns(p->ns, CLONE_NEWNET))
+		die("setns point");
+	for (i = 0; i < 20; i++)	/* warm-up */
+		one_connect(p->l, p->port, 1);
+	snprintf(name, sizeof(name), "scale.%s.%s.N=%d", mode, p->kind, n);
+	for (r = 0; r < reps; r++) {
+		for (i = 0; i < iters; i++)
+			v[i] = one_connect(p->l, p->port, 1);
+		result(name, median(v, iters), "us");
+	}
+	if (vhost) {
+		snprintf(name, sizeof(name), "vhost_setcid.%s.%s.N=%d",
+			 mode, p->kind, n);
+		for (r = 0; r < reps; r++) {
+			for (i = 0; i < iters; i++) {
+				double t0 = now_us();
+
+				if (ioctl(p->vhost, VHOST_VSOCK_SET_GUEST_CID,
+					  &p->cid))
+					die("SET_GUEST_CID (measure)");
+				v[i] = now_us() - t0;
+			}
+			result(name, median(v, iters), "us");
+		}
+	}
+	free(v);
+}
+
+static int cmd_scale(const char *mode, char *nlist, int iters, int reps,
+		     int vhost)
+{
+	static int fds[2 * MAXN];
+	static const char * const kinds_local[] = { "init", "global", "local" };
+	static const char * const kinds_ref[] = { "init" };
+	const char * const *kinds;
+	struct point pts[3];
+	int npts, have = 0, nfds = 0, i, ret;
+	struct rlimit rl = { 4 * MAXN + 1024, 4 * MAXN + 1024 };
+	char *tok;
+
+	if (setrlimit(RLIMIT_NOFILE, &rl))
+		die("setrlimit");
+	if (!strcmp(mode, "local")) {
+		kinds = kinds_local;
+		npts = 3;
+	} else {
+		kinds = kinds_ref;
+		npts = 1;
+	}
+	for (i = 0; i < npts; i++) {
+		char name[64];
+
+		ret = ns_enter(kinds[i]);
+		if (ret) {
+			snprintf(name, sizeof(name), "scale.%s", mode);
+			na(name, ret);
+			return 0;
+		}
+		pts[i].kind = kinds[i];
+		pts[i].ns = self_ns_fd();
+		/* init_net and a global netns share one port space (K1) */
+		pts[i].port = strcmp(kinds[i], "global") ? PORT : PORT + 1;
+		pts[i].l = listener(pts[i].port);
+		/*
+		 * The measuring device: CID 42 in a local netns (reused by all
+		 * others), else a CID nobody else has (distinct CIDs).
+		 */
+		pts[i].cid = strcmp(kinds[i], "local") ? VHOST_CID + i : VHOST_CID;
+		pts[i].vhost = vhost ? vhost_open_cid(pts[i].cid) : -1;
+	}
+	for (tok = strtok(nlist, ","); tok; tok = strtok(NULL, ",")) {
+		int n = atoi(tok);
+
+		if (n > MAXN)
+			n = MAXN;
+		for (; have < n; have++) {
+			int s;
+
+			if (!strcmp(mode, "local")) {
+				ret = ns_enter("local");
+				if (ret) {
+					errno = -ret;
+					die("local netns");
+				}
+				s = listener(PORT);
+			} else {
+				s = vsock_socket();
+				if (bind_port(s, PORT + (have + 1) * BUCKETS))
+					die("bind ref");
+			}
+			fds[nfds++] = s;
+			if (vhost)
+				fds[nfds++] = vhost_open_cid(strcmp(mode, "local") ?
+						1000 + have : VHOST_CID);
+		}
+		for (i = 0; i < npts; i++)
+			measure_point(&pts[i], mode, n, iters, reps, vhost);
+	}
+	for (i = 0; i < nfds; i++)
+		close(fds[i]);
+	return 0;
+}
+
+/*
+ * Wait until every netns we created is freed: with max_net_namespaces at
+ * @held + 1 an unshare succeeds only once the others are gone (the ucount is
+ * dropped at the end of cleanup_net()).
+ */
+static void drain(int held)
+{
+	char old[32] = "", buf[32];
+	int fd;
+
+	fd = open("/proc/sys/user/max_net_namespaces", O_RDONLY);
+	if (fd < 0 || read(fd, old, sizeof(old) - 1) <= 0)
+		die("read max_net_namespaces");
+	close(fd);
+	snprintf(buf, sizeof(buf), "%d", held + 1);
+	if (write_str("/proc/sys/user/max_net_namespaces", buf))
+		die("write max_net_namespaces");
+	for (;;) {
+		if (setns(init_fd, CLONE_NEWNET))
+			die("setns");
+		if (!unshare(CLONE_NEWNET))
+			break;
+		if (errno != ENOSPC)
+			die("unshare (drain)");
+		usleep(1000);
+	}
+	if (setns(init_fd, CLONE_NEWNET))
+		die("setns");
+	if (write_str("/proc/sys/user/max_net_namespaces", old))
+		die("restore max_net_namespaces");
+}
+
+static int cmd_churn(const char *kind, int count, int reps)
+{
+	int held, r, i, ret;
+	char name[64];
+
+	snprintf(name, sizeof(name), "churn.%s", kind);
+	ret = ns_enter(kind);	/* makes the parent for "local" */
+	if (ret) {
+		na(name, ret);
+		return 0;
+	}
+	held = parent_fd >= 0;
+	setns(init_fd, CLONE_NEWNET);
+	drain(held);
+	for (r = 0; r < reps; r++) {
+		double t0 = now_us();
+
+		for (i = 0; i < count; i++) {
+			if (ns_enter(kind))
+				die("unshare (churn)");
+			close(vsock_socket());
+		}
+		setns(init_fd, CLONE_NEWNET);
+		drain(held);
+		result(name, (count + 1) / ((now_us() - t0) / 1e6), "netns/s");
+	}
+	return 0;
+}
+
+static long meminfo(const char *key)
+{
+	char line[128];
+	long v = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		die("/proc/meminfo");
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    line[strlen(key)] == ':')
+			v = atol(line + strlen(key) + 1);
+	fclose(f);
+	return v;
+}
+
+static int cmd_mem(const char *kind, int count, int reps)
+{
+	int *fds = calloc(count, sizeof(*fds));
+	int held, r, i, ret;
+	char name[64];
+
+	snprintf(name, sizeof(name), "mem.%s", kind);
+	ret = ns_enter(kind);
+	if (ret) {
+		na(name, ret);
+		return 0;
+	}
+	held = parent_fd >= 0;
+	setns(init_fd, CLONE_NEWNET);
+	drain(held);
+	for (r = 0; r < reps; r++) {
+		long free0, slab0, free1, slab1;
+
+		usleep(100000);
+		free0 = meminfo("MemFree");
+		slab0 = meminfo("Slab");
+		for (i = 0; i < count; i++) {
+			if (ns_enter(kind))
+				die("unshare (mem)");
+			fds[i] = vsock_socket();
+		}
+		setns(init_fd, CLONE_NEWNET);
+		usleep(100000);
+		free1 = meminfo("MemFree");
+		slab1 = meminfo("Slab");
+		result(strcat(strcpy(name, "mem_free."), kind),
+		       (free0 - free1) * 1024.0 / count, "B/netns");
+		result(strcat(strcpy(name, "mem_slab."), kind),
+		       (slab1 - slab0) * 1024.0 / count, "B/netns");
+		for (i = 0; i < count; i++)
+			close(fds[i]);
+		drain(held);
+	}
+	free(fds);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	init_fd = self_ns_fd();
+	if (argc >= 5 && !strcmp(argv[1], "connrate"))
+		return cmd_connrate(argv[2], atoi(argv[3]), atoi(argv[4]));
+	if (argc >= 6 && !strcmp(argv[1], "scale"))
+		return cmd_scale(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]),
+				 argc >= 7 && !strcmp(argv[6], "vhost"));
+	if (argc >= 5 && !strcmp(argv[1], "churn"))
+		return cmd_churn(argv[2], atoi(argv[3]), atoi(argv[4]));
+	if (argc >= 5 && !strcmp(argv[1], "mem"))
+		return cmd_mem(argv[2], atoi(argv[3]), atoi(argv[4]));
+	fprintf(stderr, "usage: see the comment at the top of %s\n", __FILE__);
+	return 2;
+}
