@@ -24,10 +24,16 @@ mode_is() { # NETNS FILE WANT
 vsock_mods() { lsmod | awk '$1 ~ /vsock/ { print $1 }'; }
 no_vsock_mods() { [ -z "$(vsock_mods)" ] || { vsock_mods; return 1; }; }
 unload_all() {
-    local m
-    for m in vhost_vsock vsock_diag vsock_loopback vmw_vsock_virtio_transport \
-        vmw_vsock_virtio_transport_common vsock; do
-        if lsmod | grep -q "^$m "; then modprobe -r "$m"; fi
+    local m i
+    # closed sockets keep their transport module busy until their close
+    # timeout (up to 8 s) has run
+    for i in $(seq 30); do
+        for m in vhost_vsock vsock_diag vsock_loopback vmw_vsock_virtio_transport \
+            vmw_vsock_virtio_transport_common vsock; do
+            if lsmod | grep -q "^$m "; then modprobe -r "$m" 2>/dev/null || true; fi
+        done
+        if no_vsock_mods >/dev/null; then return 0; fi
+        sleep 0.5
     done
     no_vsock_mods
 }
