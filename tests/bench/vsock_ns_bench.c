@@ -394,20 +394,34 @@ static void drain(int held)
 		die("restore max_net_namespaces");
 }
 
+/*
+ * Enter a netns of @kind once (for "local" this makes the global parent),
+ * go back to init_net and let the kernel free what that left behind.
+ * Returns whether a parent netns is held, or -1 after reporting @name as
+ * not available on this kernel.
+ */
+static int prepare_kind(const char *name, const char *kind)
+{
+	int ret = ns_enter(kind);
+
+	if (ret) {
+		na(name, ret);
+		return -1;
+	}
+	setns(init_fd, CLONE_NEWNET);
+	drain(parent_fd >= 0);
+	return parent_fd >= 0;
+}
+
 static int cmd_churn(const char *kind, int count, int reps)
 {
-	int held, r, i, ret;
+	int held, r, i;
 	char name[64];
 
 	snprintf(name, sizeof(name), "churn.%s", kind);
-	ret = ns_enter(kind);	/* makes the parent for "local" */
-	if (ret) {
-		na(name, ret);
+	held = prepare_kind(name, kind);
+	if (held < 0)
 		return 0;
-	}
-	held = parent_fd >= 0;
-	setns(init_fd, CLONE_NEWNET);
-	drain(held);
 	for (r = 0; r < reps; r++) {
 		double t0 = now_us();
 
@@ -442,18 +456,13 @@ static long meminfo(const char *key)
 static int cmd_mem(const char *kind, int count, int reps)
 {
 	int *fds = calloc(count, sizeof(*fds));
-	int held, r, i, ret;
+	int held, r, i;
 	char name[64];
 
 	snprintf(name, sizeof(name), "mem.%s", kind);
-	ret = ns_enter(kind);
-	if (ret) {
-		na(name, ret);
+	held = prepare_kind(name, kind);
+	if (held < 0)
 		return 0;
-	}
-	held = parent_fd >= 0;
-	setns(init_fd, CLONE_NEWNET);
-	drain(held);
 	for (r = 0; r < reps; r++) {
 		long free0, slab0, free1, slab1;
 
