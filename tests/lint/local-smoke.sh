@@ -52,8 +52,10 @@ if [ -n "$err" ]; then
 fi
 ok "C6 child_ns_mode accepts local: isolation must hold"
 
-ip netns exec "$P" ip netns add "$L1"
-ip netns exec "$P" ip netns add "$L2"
+# "ip netns add" creates the netns from the caller's: run it inside P (nsenter
+# keeps the mount namespace, so the new name is visible to everyone).
+nsenter --net=/run/netns/"$P" ip netns add "$L1"
+nsenter --net=/run/netns/"$P" ip netns add "$L2"
 for ns in "$L1" "$L2"; do
     check "M3 $ns is local" test "$(ip netns exec "$ns" cat /proc/sys/net/vsock/ns_mode)" = local
 done
@@ -137,7 +139,7 @@ hold() { # NETNS CID: keep a device with CID open in NETNS
     mkfifo "$fifo"
     vhost "$1" hold "$2" >"$fifo" &
     PIDS+=($!)
-    read -r -t 10 line <"$fifo"
+    read -r -t 60 line <"$fifo"
     rm -f "$fifo"
     [ "$line" = ready ]
 }
