@@ -74,9 +74,8 @@ fi
 n=$((n + 1))
 name=K6_hole_on_base
 UDEV=vmon0
-ASU=(setpriv --reuid=65534 --regid=65534 --clear-groups --)
-PY=/usr/bin/python3 # not a pyenv shim under /root: uid 65534 runs it
-[ -x "$PY" ] || PY=
+# shellcheck source=tests/lib/unpriv-tap.sh
+. "$ROOT/tests/lib/unpriv-tap.sh"
 READER='
 import signal, socket, sys
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
@@ -89,36 +88,9 @@ while True:
 '
 SA=K6-init-secret-$$-$RANDOM
 why=
-"${ASU[@]}" unshare -Urn sh -c "ip link add $UDEV type vsockmon && ip link set $UDEV up && echo ready && exec sleep 3600" \
-    >"$T/k6holder.out" 2>&1 </dev/null &
-HOLDER=$!
-BG+=("$HOLDER")
-for _ in $(seq 100); do
-    grep -q ready "$T/k6holder.out" 2>/dev/null && break
-    kill -0 "$HOLDER" 2>/dev/null || break
-    sleep 0.2
-done
-grep -q ready "$T/k6holder.out" 2>/dev/null ||
-    why="uid 65534 could not make a vsockmon device in an unshare -Urn namespace: $(tr '\n' ' ' <"$T/k6holder.out" | head -c 200)"
-UX=("${ASU[@]}" nsenter -t "$HOLDER" -U -n --preserve-credentials)
-rx_user() {
-    local v
-    v=$("${UX[@]}" cat /proc/net/dev 2>/dev/null | sed -n "s/^ *$UDEV: *//p" | awk '{ print $2 }') || true
-    echo "${v:--1}"
-}
+unpriv_tap_start || why=$UNPRIV_TAP_ERR
 if [ -z "$why" ]; then
-    UREAD=
-    if [ -n "$PY" ]; then
-        "${UX[@]}" "$PY" -c "$READER" "$UDEV" >"$T/k6user.bin" 2>"$T/k6user.err" </dev/null &
-        UREAD=$!
-        BG+=("$UREAD")
-        for _ in $(seq 100); do
-            grep -q "listening on" "$T/k6user.err" 2>/dev/null && break
-            kill -0 "$UREAD" 2>/dev/null || break
-            sleep 0.2
-        done
-        grep -q "listening on" "$T/k6user.err" 2>/dev/null || { sed 's/^/# /' "$T/k6user.err"; UREAD=; }
-    fi
+    unpriv_reader_start "$READER" "$T/k6user.bin" || true
     u0=$(rx_user)
     timeout 120 ncat -v --vsock -l -k 3201 -c "echo $SA" >/dev/null 2>"$T/k6srv.err" </dev/null &
     srv=$!

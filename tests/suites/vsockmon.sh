@@ -35,6 +35,9 @@ export LC_ALL=C
 
 PLAN=22
 DEV=k6mon0 # the vsockmon device in each netns
+# wait_listening; the unprivileged user's tap (SPEC K6) further down
+# shellcheck source=tests/lib/unpriv-tap.sh
+. "$(dirname "$0")/../lib/unpriv-tap.sh"
 T=$(mktemp -d /tmp/vsockmon.XXXXXX)
 NS=()
 CAPS=()    # every tcpdump started, stopped on exit
@@ -105,7 +108,6 @@ declare -A CAP
 # given) into $T/TAG.pcap; returns once it listens (its stderr, $T/TAG.err,
 # says so and names the link type)
 cap_start() {
-    local i
     ns_exec "$1"
     # -Z root: write the file as root, whatever user tcpdump drops to;
     # --immediate-mode -U: take each packet from the kernel and write it at
@@ -114,12 +116,7 @@ cap_start() {
     "${NSX[@]}" tcpdump -i "${3:-$DEV}" -nn --immediate-mode -U -Z root -w "$T/$2.pcap" >/dev/null 2>"$T/$2.err" </dev/null &
     CAP[$2]=$!
     CAPS+=("$!")
-    for i in $(seq 100); do
-        grep -q "listening on" "$T/$2.err" 2>/dev/null && return 0
-        kill -0 "${CAP[$2]}" 2>/dev/null || break
-        sleep 0.2
-    done
-    return 1
+    wait_listening "$T/$2.err" "${CAP[$2]}"
 }
 cap_stop() { # TAG: SIGINT (tcpdump flushes and exits), SIGKILL after 10 s
     local p=${CAP[$1]:-} i
@@ -210,9 +207,6 @@ round vmon_g 3103 yes yes no
 
 # --- K6 and unprivileged users (loopback) ------------------------------------
 UDEV=vmon0 # uid 65534's tap, in its own netns
-ASU=(setpriv --reuid=65534 --regid=65534 --clear-groups --)
-PY=/usr/bin/python3 # not a pyenv shim under /root: uid 65534 runs it
-[ -x "$PY" ] || PY=
 # READER (python3 -c READER DEVICE > FILE): a packet socket on DEVICE (bound
 # to ETH_P_ALL) writing every frame to stdout as a pcap of link type 271
 # (LINKTYPE_VSOCK); it says "listening on" on stderr once bound, and ends on
@@ -235,34 +229,10 @@ while True:
 SA=K6-init-secret-$$-$RANDOM # the payload of (a), in init_net
 SB=K6-own-payload-$$-$RANDOM # the payload of (b), in uid 65534's netns
 K6_SKIP=
-UX=()
-# the holder: uid 65534 makes its user+net namespace and the tap in it, then
-# sleeps there so that everything else can nsenter it (the tap lives as long
-# as the netns)
-"${ASU[@]}" unshare -Urn sh -c "ip link add $UDEV type vsockmon && ip link set $UDEV up && echo ready && exec sleep 3600" \
-    >"$T/k6holder.out" 2>&1 </dev/null &
-HOLDER=$!
-BG+=("$HOLDER")
-for i in $(seq 100); do
-    grep -q ready "$T/k6holder.out" 2>/dev/null && break
-    kill -0 "$HOLDER" 2>/dev/null || break
-    sleep 0.2
-done
-if grep -q ready "$T/k6holder.out" 2>/dev/null; then
-    # uid 65534 in its namespaces (--preserve-credentials: nsenter's own
-    # setgroups(2) is denied there); $! of "${UX[@]}" CMD & is CMD itself
-    UX=("${ASU[@]}" nsenter -t "$HOLDER" -U -n --preserve-credentials)
-else
-    K6_SKIP="uid 65534 could not make a vsockmon device in an unshare -Urn namespace: $(tr '\n' ' ' <"$T/k6holder.out" | head -c 200)"
-fi
-# rx_root, rx_user: frames handed to root's and to uid 65534's tap so far
-# (uid 65534 reads its own from /proc/net/dev in its netns); -1 if unknown
+unpriv_tap_start || K6_SKIP=$UNPRIV_TAP_ERR
+# rx_root: frames handed to root's tap so far; -1 if unknown (rx_user: the
+# same for uid 65534's)
 rx_root() { cat "/sys/class/net/$RDEV/statistics/rx_packets" 2>/dev/null || echo -1; }
-rx_user() {
-    local v
-    v=$("${UX[@]}" cat /proc/net/dev 2>/dev/null | sed -n "s/^ *$UDEV: *//p" | awk '{ print $2 }') || true
-    echo "${v:--1}"
-}
 # k6_traffic init|user PORT SECRET CLIENTS: a listener on PORT that sends
 # SECRET to each connection, in init_net (as root) or in uid 65534's netns
 # (as uid 65534), and CLIENTS clients (CID 1) in the same netns; prints how
@@ -309,17 +279,7 @@ if [ -z "$K6_SKIP" ]; then
     if [ "$HAVE_TCPDUMP" = 1 ]; then
         if cap_start init k6root "$RDEV"; then RCAP=1; else sed 's/^/#   /' "$T/k6root.err"; fi
     fi
-    if [ -n "$PY" ]; then
-        "${UX[@]}" "$PY" -c "$READER" "$UDEV" >"$T/k6user.pcap" 2>"$T/k6user.err" </dev/null &
-        UREAD=$!
-        BG+=("$UREAD")
-        for i in $(seq 100); do
-            grep -q "listening on" "$T/k6user.err" 2>/dev/null && break
-            kill -0 "$UREAD" 2>/dev/null || break
-            sleep 0.2
-        done
-        if grep -q "listening on" "$T/k6user.err" 2>/dev/null; then UCAP=1; else sed 's/^/#   /' "$T/k6user.err"; fi
-    fi
+    if unpriv_reader_start "$READER" "$T/k6user.pcap"; then UCAP=1; fi
     r0=$(rx_root) u0=$(rx_user)
     GOT_A=$(k6_traffic init 3201 "$SA" 10) # (a)
     settle
