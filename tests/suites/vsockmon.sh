@@ -29,11 +29,13 @@
 # setgroups(2), denied in an `unshare -r` namespace). tcpdump then decodes
 # that pcap (link-type VSOCK) and the secrets are looked for in its bytes.
 # (b) is the control: zero frames of (a) only count once uid 65534's tap has
-# shown (b) and root's tap has shown (a).
+# shown (b) and root's tap has shown (a). (c) uid 65534 makes its tap drop
+# every frame and puts it first among the taps: its traffic must still
+# reach root's tap.
 set -euo pipefail
 export LC_ALL=C
 
-PLAN=22
+PLAN=23
 DEV=k6mon0 # the vsockmon device in each netns
 # wait_listening; the unprivileged user's tap (SPEC K6) further down
 # shellcheck source=tests/lib/unpriv-tap.sh
@@ -361,6 +363,34 @@ elif pos "$RA" && pos "$RB" && seen "$RPA" && seen "$RPB" && seen "$RSA" && seen
     result OK "$name (init_net: $RA frames, $RPA packets, $RSA secrets; uid 65534's netns: $RB frames, $RPB packets, $RSB payloads)"
 else
     result NOT "$name: init_net: $RA frames, $RPA packets, $RSA secrets; uid 65534's netns: $RB frames, $RPB packets, $RSB payloads; want all > 0"
+fi
+
+# 4. a tap that fails does not hide packets from the taps after it: uid
+# 65534 makes its tap drop every frame (a pfifo of limit 0) and brings it
+# up again, which puts it first in the kernel's list of taps; traffic in
+# its netns must still reach root's tap, registered earlier
+name=K6_failing_unprivileged_tap_hides_nothing
+if [ -n "$K6_SKIP" ]; then
+    result SKIP "$name" "$K6_SKIP"
+elif ! "${UX[@]}" sh -c "ip link set $UDEV down && tc qdisc replace dev $UDEV root pfifo limit 0 && ip link set $UDEV up" 2>"$T/k6tc.err"; then
+    result NOT "$name: uid 65534 could not put a dropping qdisc on its tap: $(head -c 200 "$T/k6tc.err")"
+else
+    r3=$(rx_root)
+    GOT_C=$(k6_traffic user 3203 "$SB" 3) # (c)
+    settle
+    r4=$(rx_root)
+    RC=$((r4 - r3))
+    UDROP=$("${UX[@]}" tc -s qdisc show dev "$UDEV" | sed -n 's/.*(dropped \([0-9]*\).*/\1/p' | head -n 1)
+    echo "# K6 failing tap: clients that got the payload: $GOT_C/3; uid 65534's tap dropped ${UDROP:-?} frames, root's tap got $RC"
+    if [ "$GOT_C" = 0 ]; then
+        result NOT "$name: no traffic: no client in uid 65534's netns got the payload"
+    elif [ "${UDROP:-0}" -le 0 ]; then
+        result NOT "$name: uid 65534's tap dropped no frame (${UDROP:-no qdisc statistics}): the failing tap was not exercised"
+    elif [ "$RC" -gt 0 ]; then
+        result OK "$name (uid 65534's tap dropped $UDROP frames; root's tap got $RC)"
+    else
+        result NOT "$name: uid 65534's tap dropped $UDROP frames and root's tap got $RC: the failing tap hid them"
+    fi
 fi
 
 left=""
