@@ -4,11 +4,11 @@
 PROFILE ?= default
 SHELL := /bin/bash
 
-.PHONY: help deps tree export kernel check vm demo lint bench check-debug
+.PHONY: help deps tree export kernel check vm demo lint bench check-debug fuzz
 
 help:
 	@echo "targets: deps tree export kernel [PROFILE=default|baseline|debug|modules]"
-	@echo "         check vm [PROFILE=...] demo lint bench check-debug"
+	@echo "         check vm [PROFILE=...] demo lint bench check-debug fuzz"
 
 deps:
 	scripts/install-deps
@@ -47,3 +47,8 @@ bench:
 # the churn test at 10,000 rounds, a kmemleak scan at the end
 check-debug:
 	scripts/check-debug
+
+# trinity against AF_VSOCK in every kind of netns on the debug kernel
+# (FUZZ_MINUTES, default 30); see scripts/fuzz
+fuzz:
+	scripts/fuzz
