@@ -231,7 +231,11 @@ if [ "$bad" = 0 ] && start_qemu "${PFX}g3" 48; then
     diag "connect to CID 48 from init_net: $o"
     [ "$o" = reaches-device ] || bad=1
     if start_qemu - 48; then
-        diag "a second global QEMU got CID 48 although the first still runs"
+        if kill -0 "$q" 2>/dev/null; then
+            diag "a second global QEMU got CID 48 although the first still runs"
+        else
+            diag "the first QEMU exited before the second started: $(tr '\n' ' ' <"$T/q$((QSEQ - 1)).log")"
+        fi
         bad=1
     elif ! addrinuse; then
         bad=1
