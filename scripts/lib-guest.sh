@@ -1,0 +1,138 @@
+# shellcheck shell=bash disable=SC2034 # GOUT, GUEST_ERR, ...: for the caller
+# Sourced (bash) by scripts/demo-guest and tests/suites/guests.sh, inside a
+# scripts/vm-run test VM: real nested guests (scripts/vm-run --guest), each a
+# QEMU microvm whose vhost-vsock device is opened in a given netns, driven
+# over its virtio console by a one-line command loop.
+#
+#   guest_start NAME NETNS|- CID   boot it (NETNS "-" = init_net); 0 once its
+#                                  command loop answers, 1 if QEMU or the boot
+#                                  failed (GUEST_ERR says why)
+#   guest_boot NAME NETNS|- CID    the same in two halves, to boot several
+#   guest_wait NAME                guests at once
+#   guest_exec NAME CMD [SECS]     run one shell line in the guest; its exit
+#                                  status is ours, its output in GOUT
+#   guest_listen NAME PORT FILE [CMD...]
+#                                  start "nc --vsock -l PORT" (or CMD, which
+#                                  runs such an nc) in the guest, its output
+#                                  to FILE; 0 once some nc listens on PORT
+#   guest_stop NAME                end the command loop and wait for vm-run:
+#                                  its status (125: a splat in the guest log)
+#   guest_kill NAME                kill it (QEMU exits: the device is released)
+#
+# The caller provides GUEST_DIR (a writable directory) and may set
+# GUEST_BOOT_TIMEOUT (s, default 600).  Commands a test runs in the guest
+# must not write to their stdout after they return (background listeners
+# write to files): the loop's "@@done STATUS" lines frame each command's
+# output.
+GUEST_ROOT=${GUEST_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+declare -A GUEST_PID=() GUEST_FD=() GUEST_SEQ=() GUEST_T0=()
+GUEST_ERR=
+GOUT=
+# The command loop: bash in the guest, reading one line at a time, with a
+# helper: wait_vsock_listen PORT, until some nc in some netns listens on PORT
+# (ss shows only its own netns' sockets: it runs in each nc's netns).
+# shellcheck disable=SC2016 # expanded in the guest
+GUEST_LOOP='wait_vsock_listen() { local i p; for i in $(seq 240); do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
+echo @@ready; while IFS= read -r l; do eval "$l"; echo "@@done $?"; done'
+
+# The QEMU command line vm-run runs for a guest, for the record.
+guest_qemu_line() { # CID
+    echo "qemu-system-x86_64 -M microvm,acpi=off -accel tcg -m 256M -kernel vmlinux -initrd initramfs.cpio -device vhost-vsock-device,guest-cid=$1 ..."
+}
+
+guest_start() { # NAME NETNS|- CID
+    guest_boot "$@" && guest_wait "$1"
+}
+
+guest_boot() { # NAME NETNS|- CID
+    local name=$1 ns=$2 cid=$3 pre=() fd
+    [ "$ns" = - ] || pre=(ip netns exec "$ns")
+    GUEST_ERR=
+    : "${GUEST_DIR:?GUEST_DIR: a writable directory}"
+    rm -f "$GUEST_DIR/$name".{in,out,err}
+    mkfifo "$GUEST_DIR/$name.in"
+    exec {fd}<>"$GUEST_DIR/$name.in"
+    GUEST_FD[$name]=$fd
+    GUEST_SEQ[$name]=0
+    "${pre[@]}" "$GUEST_ROOT/scripts/vm-run" --guest --timeout 3000 \
+        --device "vhost-vsock-device,guest-cid=$cid" -- bash -c "$GUEST_LOOP" \
+        <&"$fd" >"$GUEST_DIR/$name.out" 2>"$GUEST_DIR/$name.err" &
+    GUEST_PID[$name]=$!
+    GUEST_T0[$name]=$SECONDS
+}
+
+guest_wait() { # NAME
+    local name=$1 t0=${GUEST_T0[$1]}
+    [ -n "${GUEST_PID[$name]:-}" ] || return 1
+    while ! grep -q '^@@ready' "$GUEST_DIR/$name.out" 2>/dev/null; do
+        if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
+            wait "${GUEST_PID[$name]}" 2>/dev/null || true
+            GUEST_ERR=$(tr -d '\r' <"$GUEST_DIR/$name.err" | grep -v '^  |' | head -n 3)
+            unset "GUEST_PID[$name]"
+            return 1
+        fi
+        if [ $((SECONDS - t0)) -ge "${GUEST_BOOT_TIMEOUT:-600}" ]; then
+            GUEST_ERR="no command loop after ${GUEST_BOOT_TIMEOUT:-600} s"
+            guest_kill "$name"
+            return 1
+        fi
+        sleep 0.5
+    done
+    GUEST_BOOT_SECS=$((SECONDS - t0))
+    return 0
+}
+
+guest_exec() { # NAME CMD [SECS]
+    local name=$1 cmd=$2 secs=${3:-300} seq before t0 st
+    [ -n "${GUEST_PID[$name]:-}" ] || { GOUT="guest $name is not running"; return 125; }
+    seq=$((GUEST_SEQ[$name] + 1))
+    GUEST_SEQ[$name]=$seq
+    before=$(wc -l <"$GUEST_DIR/$name.out")
+    printf '%s\n' "$cmd" >&"${GUEST_FD[$name]}"
+    t0=$SECONDS
+    while [ "$(grep -c '^@@done ' "$GUEST_DIR/$name.out")" -lt "$seq" ]; do
+        if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null || [ $((SECONDS - t0)) -ge "$secs" ]; then
+            GOUT="guest $name: no answer to '$cmd' after $((SECONDS - t0)) s"
+            return 124
+        fi
+        sleep 0.2
+    done
+    GOUT=$(tail -n +"$((before + 1))" "$GUEST_DIR/$name.out" | grep -v '^@@done ' | tr -d '\r')
+    st=$(grep '^@@done ' "$GUEST_DIR/$name.out" | sed -n "${seq}p" | tr -d '\r')
+    return "${st#@@done }"
+}
+
+guest_listen() { # NAME PORT FILE [CMD...]
+    local name=$1 port=$2 file=$3 c
+    shift 3
+    if [ $# = 0 ]; then c="nc --vsock -l $port"; else c=$(printf '%q ' "$@"); fi
+    # one listener per guest at a time: an older one would answer the wait
+    guest_exec "$name" "kill \$(pidof nc ncat) 2>/dev/null; $c >$file 2>&1 </dev/null & wait_vsock_listen $port"
+}
+
+guest_stop() { # NAME
+    local name=$1 rc=0
+    [ -n "${GUEST_PID[$name]:-}" ] || return 0
+    printf 'exit 0\n' >&"${GUEST_FD[$name]}"
+    wait "${GUEST_PID[$name]}" || rc=$?
+    unset "GUEST_PID[$name]"
+    local fd=${GUEST_FD[$name]}
+    exec {fd}>&-
+    return "$rc"
+}
+
+guest_kill() { # NAME
+    local name=$1 p
+    [ -n "${GUEST_PID[$name]:-}" ] || return 0
+    p=${GUEST_PID[$name]}
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    unset "GUEST_PID[$name]"
+    local fd=${GUEST_FD[$name]}
+    exec {fd}>&-
+}
+
+guest_kill_all() {
+    local n
+    for n in "${!GUEST_PID[@]}"; do guest_kill "$n"; done
+}
