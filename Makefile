@@ -4,11 +4,11 @@
 PROFILE ?= default
 SHELL := /bin/bash
 
-.PHONY: help deps tree export kernel check vm demo lint bench check-debug fuzz
+.PHONY: help deps tree export kernel check vm demo lint bench check-debug fuzz check-guests
 
 help:
 	@echo "targets: deps tree export kernel [PROFILE=default|baseline|debug|modules]"
-	@echo "         check vm [PROFILE=...] demo lint bench check-debug fuzz"
+	@echo "         check vm [PROFILE=...] demo lint bench check-debug fuzz check-guests"
 
 deps:
 	scripts/install-deps
@@ -47,6 +47,10 @@ bench:
 # the churn test at 10,000 rounds, a kmemleak scan at the end
 check-debug:
 	scripts/check-debug
+
+# real nested guests on the other side of vhost-vsock (tests/guests/guests.sh)
+check-guests:
+	scripts/check-guests
 
 # trinity against AF_VSOCK in every kind of netns on the debug kernel
 # (FUZZ_MINUTES, default 30); see scripts/fuzz

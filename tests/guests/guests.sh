@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Suite guests (TAP; make check-guests): real nested guests on the other side of vhost-vsock.
+# Three guests run the series as a guest kernel (scripts/vm-run --guest, QEMU
+# microvm under TCG), all with CID 10: gG in a global netns, gL1 and gL2 in
+# two local namespaces.  Each listens with `nc --vsock -l -k`; host sockets
+# in init_net, the global netns and both local ones connect to them and they
+# connect back to host listeners, and every message must land in exactly the
+# netns the rules say, or fail the way they say.  (A guest in init_net is
+# the same case as gG for every rule: both are global; make demo runs one.)
+#   V2  CID reuse with running guests; a global duplicate is refused
+#   V3  host to guest, per (host netns, CID)
+#   V4  guest to host, per (guest, host listener)
+#   G1  inside a guest: a local netns cannot use the guest-to-host transport
+#   V5  releasing a device resets only its own connections
+#   V6  ip netns del of a running guest's netns: its connection keeps working
+# Slow by nature (TCG inside TCG): the guests boot one after the other.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+NTESTS=21
+echo "TAP version 13"
+echo "1..$NTESTS"
+n=0
+ok() { n=$((n + 1)); echo "ok $n - $*"; }
+notok() { n=$((n + 1)); echo "not ok $n - $*"; }
+check() { # DESC WANT GOT
+    if [ "$2" = "$3" ]; then ok "$1: $3"; else notok "$1: want '$2', got '$3'"; fi
+}
+diag() { printf '# %s\n' "$*"; }
+skip_all() {
+    for i in $(seq $((n + 1)) "$NTESTS"); do echo "ok $i - guests test $i # SKIP $1"; done
+    exit 0
+}
+# a failure that leaves nothing to test: every check not run fails with it
+bail() {
+    for i in $(seq $((n + 1)) "$NTESTS"); do echo "not ok $i - guests test $i: not run: $1"; done
+    exit 1
+}
+
+[ -r /proc/sys/net/vsock/ns_mode ] || skip_all "not the patched kernel"
+[ -c /dev/vhost-vsock ] || skip_all "no /dev/vhost-vsock"
+[ -f "$ROOT/build/kernels/guest/vmlinux" ] ||
+    skip_all "no guest kernel (scripts/build-kernel guest; make check-guests builds it)"
+[ -f "$ROOT/build/kernels/guest/initramfs.cpio" ] ||
+    skip_all "no guest initramfs (scripts/guest-initramfs; make check-guests builds it)"
+
+GUEST_DIR=$(mktemp -d /tmp/guests.XXXXXX)
+NSES=()
+HPIDS=()
+# shellcheck source=scripts/lib-guest.sh
+. "$ROOT/scripts/lib-guest.sh"
+cleanup() {
+    local p
+    for p in "${HPIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    guest_kill_all
+    wait 2>/dev/null || true
+    for p in "${NSES[@]}"; do ip netns del "$p" 2>/dev/null || true; done
+    rm -rf "$GUEST_DIR"
+}
+trap cleanup EXIT
+
+G=vg_global L1=vg_local1 L2=vg_local2
+ip netns add "$G"
+NSES+=("$G")
+for l in "$L1" "$L2"; do
+    unshare --net bash -c "echo local > /proc/sys/net/vsock/child_ns_mode && ip netns add $l"
+    NSES+=("$l")
+done
+ip -n "$G" link set lo up
+inns() { # NETNS|- CMD...: run in the netns ("-" = init_net)
+    local ns=$1
+    shift
+    if [ "$ns" = - ]; then "$@"; else ip netns exec "$ns" "$@"; fi
+}
+nsname() { [ "$1" = - ] && echo init_net || echo "$1"; }
+
+# --- boot: V2 ----------------------------------------------------------------
+declare -A GNS=([gG]=$G [gL1]=$L1 [gL2]=$L2)
+declare -A GCID=([gG]=10 [gL1]=10 [gL2]=10)
+GUESTS=(gG gL1 gL2)
+t0=$SECONDS
+UP=()
+# one after the other: guests booting at once share the test VM's CPUs badly
+for g in "${GUESTS[@]}"; do
+    if guest_start "$g" "${GNS[$g]}" "${GCID[$g]}"; then
+        ok "V2 guest $g (netns $(nsname "${GNS[$g]}"), CID ${GCID[$g]}) boots and answers its console after $GUEST_BOOT_SECS s"
+        UP+=("$g")
+    else
+        notok "V2 guest $g (netns $(nsname "${GNS[$g]}"), CID ${GCID[$g]}) did not come up: $GUEST_ERR"
+    fi
+done
+diag "${#GUESTS[@]} guests booted in $((SECONDS - t0)) s"
+[ ${#UP[@]} = ${#GUESTS[@]} ] || bail "not every guest came up"
+
+# a fourth, in init_net (global), with CID 10 (gG has it): refused, QEMU exits
+if guest_start gX - 10; then
+    notok "V2 a guest in init_net with CID 10 started although the global gG has it"
+    guest_kill gX
+else
+    case $GUEST_ERR in
+    *"Address already in use"*) ok "V2 a guest in init_net with CID 10 is refused while global gG has it: EADDRINUSE" ;;
+    *) notok "V2 a guest in init_net with CID 10: want EADDRINUSE, got: $GUEST_ERR" ;;
+    esac
+fi
+
+# --- host to guest: V3 ---------------------------------------------------------
+HP=1234
+for g in "${GUESTS[@]}"; do
+    if ! guest_exec "$g" "nc --vsock -l -k $HP >/tmp/h2g 2>&1 </dev/null & wait_vsock_listen $HP"; then
+        bail "the listener in $g did not start: $GOUT"
+    fi
+done
+# Outcome of a host connect: ok, reset, enodev, timed-out, or other.
+outcome() { # NETNS|- CID PORT MSG
+    local out rc=0
+    out=$(echo "$4" | inns "$1" timeout 30 nc --send-only --vsock "$2" "$3" 2>&1) || rc=$?
+    case $out in
+    *"reset by peer"*) echo reset ;;
+    *"No such device"*) echo enodev ;;
+    *"timed out"*) echo timed-out ;;
+    *) if [ "$rc" = 0 ]; then echo ok; else echo "other (exit $rc: $out)"; fi ;;
+    esac
+}
+# From every host netns to CID 10.  Want: the one guest that gets it.
+declare -A WANT_H2G=([-]=gG ["$G"]=gG ["$L1"]=gL1 ["$L2"]=gL2)
+declare -A GOT_OUTCOME=()
+for ns in - "$G" "$L1" "$L2"; do
+    GOT_OUTCOME[$ns]=$(outcome "$ns" 10 "$HP" "h2g from $(nsname "$ns")")
+done
+sleep 2
+declare -A INBOX=()
+for g in "${GUESTS[@]}"; do
+    guest_exec "$g" "cat /tmp/h2g" || true
+    INBOX[$g]=$GOUT
+done
+for ns in - "$G" "$L1" "$L2"; do
+    want=${WANT_H2G[$ns]}
+    where=
+    for g in "${GUESTS[@]}"; do
+        if grep -qxF "h2g from $(nsname "$ns")" <<<"${INBOX[$g]}"; then where+="${where:+,}$g"; fi
+    done
+    check "V3 $(nsname "$ns") -> CID 10: connects and only $want receives" \
+        "ok, $want" "${GOT_OUTCOME[$ns]}, ${where:-nowhere}"
+done
+
+# --- guest to host: V4 ---------------------------------------------------------
+# host listeners: port 2000 in init_net, L1 and L2; port 2001 in G
+for ns in - "$L1" "$L2"; do
+    inns "$ns" timeout 900 nc --vsock -l -k 2000 >"$GUEST_DIR/host-2000-$(nsname "$ns")" 2>&1 </dev/null &
+    HPIDS+=("$!")
+done
+inns "$G" timeout 900 nc --vsock -l -k 2001 >"$GUEST_DIR/host-2001-$G" 2>&1 </dev/null &
+HPIDS+=("$!")
+for ns in - "$L1" "$L2" "$G"; do
+    for _ in $(seq 100); do
+        inns "$ns" ss -Hl --vsock | grep -q ':200[01]\b' && break
+        sleep 0.1
+    done
+done
+# guest outcome of "nc --vsock 2 PORT" in the guest
+declare -A WANT_G2H=(
+    [gG,2000]=init_net [gL1,2000]=$L1 [gL2,2000]=$L2
+    [gG,2001]=$G [gL1,2001]=reset [gL2,2001]=reset)
+for g in "${GUESTS[@]}"; do
+    for port in 2000 2001; do
+        guest_exec "$g" "echo g2h from $g to $port | timeout 30 nc --send-only --vsock 2 $port 2>&1; echo rc=\$?" || true
+        case $GOUT in
+        *"reset by peer"*) o=reset ;;
+        *rc=0*) o=ok ;;
+        *) o="other: $(echo "$GOUT" | tr '\n' ' ')" ;;
+        esac
+        GOT_OUTCOME[$g,$port]=$o
+    done
+done
+sleep 1
+for g in "${GUESTS[@]}"; do
+    for port in 2000 2001; do
+        want=${WANT_G2H[$g,$port]}
+        where=
+        for f in "$GUEST_DIR"/host-*; do
+            if grep -qxF "g2h from $g to $port" "$f"; then where+="${where:+,}${f##*/host-"$port"-}"; fi
+        done
+        if [ "$want" = reset ]; then
+            check "V4 $g -> host port $port (only in $G): reset in the guest, delivered to" \
+                "reset, nowhere" "${GOT_OUTCOME[$g,$port]}, ${where:-nowhere}"
+        else
+            check "V4 $g -> host port $port: connects and only the listener in $want receives" \
+                "ok, $want" "${GOT_OUTCOME[$g,$port]}, ${where:-nowhere}"
+        fi
+    done
+done
+
+# --- inside a guest: G1 --------------------------------------------------------
+guest_exec gG "unshare --net bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode && unshare --net nc --vsock 2 2001' </dev/null 2>&1" || true
+case $GOUT in
+*"Network is unreachable"*) ok "G1 in the guest, a local netns connecting to the host: ENETUNREACH" ;;
+*) notok "G1 in the guest, a local netns connecting to the host: want ENETUNREACH, got: $GOUT" ;;
+esac
+
+# --- V5 and V6: live connections ------------------------------------------------
+# long connections to CID 10: init_net -> gG, L1 -> gL1, L2 -> gL2
+for g in "${GUESTS[@]}"; do
+    guest_exec "$g" "nc --vsock -l -k 1235 >/tmp/live 2>&1 </dev/null & wait_vsock_listen 1235" ||
+        diag "listener 1235 in $g: $GOUT"
+done
+declare -A LIVE_FD=() LIVE_PID=()
+for pair in "-:gG" "$L1:gL1" "$L2:gL2"; do
+    ns=${pair%%:*} g=${pair#*:}
+    mkfifo "$GUEST_DIR/live-$g"
+    exec {fd}<>"$GUEST_DIR/live-$g"
+    LIVE_FD[$g]=$fd
+    inns "$ns" timeout 900 nc --send-only --vsock 10 1235 <&"$fd" >"$GUEST_DIR/live-$g.out" 2>&1 &
+    LIVE_PID[$g]=$!
+    HPIDS+=("$!")
+    echo "live 1 to $g" >&"$fd"
+done
+sleep 3
+# V5: gL1 exits; only L1's connection ends
+guest_kill gL1
+for _ in $(seq 30); do kill -0 "${LIVE_PID[gL1]}" 2>/dev/null || break; sleep 0.5; done
+if kill -0 "${LIVE_PID[gL1]}" 2>/dev/null; then
+    notok "V5 the connection L1 -> gL1 did not end when gL1's device was released"
+else
+    ok "V5 the connection L1 -> gL1 ended with gL1's device ($(tr '\n' ' ' <"$GUEST_DIR/live-gL1.out"))"
+fi
+echo "live 2 to gG" >&"${LIVE_FD[gG]}"
+# V6: delete L2 while its connection to gL2 is open, then send more
+ip netns del "$L2"
+echo "live 2 to gL2" >&"${LIVE_FD[gL2]}"
+sleep 3
+guest_exec gG "cat /tmp/live" || true
+check "V5 the same-CID connection init_net -> gG still carries data after gL1 left" \
+    "live 1 to gG,live 2 to gG" "$(echo "$GOUT" | paste -sd,)"
+guest_exec gL2 "cat /tmp/live" || true
+check "V6 after ip netns del of gL2's netns, its open connection still carries data" \
+    "live 1 to gL2,live 2 to gL2" "$(echo "$GOUT" | paste -sd,)"
+
+# --- the end: the guests exit cleanly (vm-run checks their kernel logs) --------
+rc=0
+guest_stop gG || rc=$?
+if [ "$rc" = 0 ]; then
+    ok "guest gG exits with status 0 and a clean kernel log"
+else
+    notok "guest gG: vm-run exit $rc: $(tail -n 5 "$GUEST_DIR/gG.err" | tr '\n' ' ')"
+fi
+# V3: with gG gone, init_net finds no CID 10, although the local gL2 has it
+check "V3 init_net -> CID 10 once the global gG has exited, while local gL2 (CID 10) runs" \
+    enodev "$(outcome - 10 "$HP" "h2g from init_net after gG")"
+rc=0
+guest_stop gL2 || rc=$?
+if [ "$rc" = 0 ]; then
+    ok "guest gL2 exits with status 0 and a clean kernel log"
+else
+    notok "guest gL2: vm-run exit $rc: $(tail -n 5 "$GUEST_DIR/gL2.err" | tr '\n' ' ')"
+fi
+[ "$n" = "$NTESTS" ] || notok "plan: ran $n checks, planned $NTESTS"
