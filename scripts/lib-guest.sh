@@ -25,7 +25,7 @@
 # write to files): the loop's "@@done STATUS" lines frame each command's
 # output.
 GUEST_ROOT=${GUEST_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-declare -A GUEST_PID=() GUEST_FD=() GUEST_SEQ=() GUEST_T0=()
+declare -A GUEST_PID=() GUEST_FD=() GUEST_T0=()
 GUEST_ERR=
 GOUT=
 # The command loop: bash in the guest, reading one line at a time, with a
@@ -53,7 +53,6 @@ guest_boot() { # NAME NETNS|- CID
     mkfifo "$GUEST_DIR/$name.in"
     exec {fd}<>"$GUEST_DIR/$name.in"
     GUEST_FD[$name]=$fd
-    GUEST_SEQ[$name]=0
     "${pre[@]}" "$GUEST_ROOT/scripts/vm-run" --guest --timeout 3000 \
         --device "vhost-vsock-device,guest-cid=$cid" -- bash -c "$GUEST_LOOP" \
         <&"$fd" >"$GUEST_DIR/$name.out" 2>"$GUEST_DIR/$name.err" &
@@ -83,14 +82,15 @@ guest_wait() { # NAME
 }
 
 guest_exec() { # NAME CMD [SECS]
-    local name=$1 cmd=$2 secs=${3:-300} seq before t0 st
+    local name=$1 cmd=$2 secs=${3:-300} done0 before t0 st
     [ -n "${GUEST_PID[$name]:-}" ] || { GOUT="guest $name is not running"; return 125; }
-    seq=$((GUEST_SEQ[$name] + 1))
-    GUEST_SEQ[$name]=$seq
+    # the answer is the first "@@done" line after those already there
+    # (counted from the file, so a call from a subshell keeps no stale count)
+    done0=$(grep -c '^@@done ' "$GUEST_DIR/$name.out" || true)
     before=$(wc -l <"$GUEST_DIR/$name.out")
     printf '%s\n' "$cmd" >&"${GUEST_FD[$name]}"
     t0=$SECONDS
-    while [ "$(grep -c '^@@done ' "$GUEST_DIR/$name.out")" -lt "$seq" ]; do
+    while [ "$(grep -c '^@@done ' "$GUEST_DIR/$name.out" || true)" -le "$done0" ]; do
         if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null || [ $((SECONDS - t0)) -ge "$secs" ]; then
             GOUT="guest $name: no answer to '$cmd' after $((SECONDS - t0)) s"
             return 124
@@ -98,7 +98,7 @@ guest_exec() { # NAME CMD [SECS]
         sleep 0.2
     done
     GOUT=$(tail -n +"$((before + 1))" "$GUEST_DIR/$name.out" | grep -v '^@@done ' | tr -d '\r')
-    st=$(grep '^@@done ' "$GUEST_DIR/$name.out" | sed -n "${seq}p" | tr -d '\r')
+    st=$(grep '^@@done ' "$GUEST_DIR/$name.out" | sed -n "$((done0 + 1))p" | tr -d '\r')
     return "${st#@@done }"
 }
 
@@ -106,8 +106,10 @@ guest_listen() { # NAME PORT FILE [CMD...]
     local name=$1 port=$2 file=$3 c
     shift 3
     if [ $# = 0 ]; then c="nc --vsock -l $port"; else c=$(printf '%q ' "$@"); fi
-    # one listener per guest at a time: an older one would answer the wait
-    guest_exec "$name" "kill \$(pidof nc ncat) 2>/dev/null; $c >$file 2>&1 </dev/null & wait_vsock_listen $port"
+    # One listener per guest at a time: an older nc keeps its listening
+    # socket until it exits (even after its one connection), so it would
+    # answer the wait and then vanish.  Kill it and wait until it is gone.
+    guest_exec "$name" "kill \$(pidof nc ncat) 2>/dev/null; while pidof nc ncat >/dev/null; do sleep 0.2; done; $c >$file 2>&1 </dev/null & wait_vsock_listen $port"
 }
 
 guest_stop() { # NAME

@@ -127,7 +127,7 @@ declare -A GOT_OUTCOME=()
 for ns in - "$G" "$L1" "$L2"; do
     GOT_OUTCOME[$ns]=$(outcome "$ns" 10 "$HP" "h2g from $(nsname "$ns")")
 done
-sleep 2
+sleep 5
 declare -A INBOX=()
 for g in "${GUESTS[@]}"; do
     guest_exec "$g" "cat /tmp/h2g" || true
@@ -172,7 +172,7 @@ for g in "${GUESTS[@]}"; do
         GOT_OUTCOME[$g,$port]=$o
     done
 done
-sleep 1
+sleep 3
 for g in "${GUESTS[@]}"; do
     for port in 2000 2001; do
         want=${WANT_G2H[$g,$port]}
