@@ -163,7 +163,8 @@ declare -A WANT_G2H=(
     [gG,2001]=$G [gL1,2001]=reset [gL2,2001]=reset)
 for g in "${GUESTS[@]}"; do
     for port in 2000 2001; do
-        guest_exec "$g" "echo g2h from $g to $port | timeout 30 nc --send-only --vsock 2 $port 2>&1; echo rc=\$?" || true
+        # (no `timeout` here: busybox's would run its own nc applet)
+        guest_exec "$g" "echo g2h from $g to $port | nc --send-only --vsock 2 $port 2>&1; echo rc=\$?" || true
         case $GOUT in
         *"reset by peer"*) o=reset ;;
         *rc=0*) o=ok ;;
@@ -236,21 +237,18 @@ check "V6 after ip netns del of gL2's netns, its open connection still carries d
     "live 1 to gL2,live 2 to gL2" "$(echo "$GOUT" | paste -sd,)"
 
 # --- the end: the guests exit cleanly (vm-run checks their kernel logs) --------
-rc=0
-guest_stop gG || rc=$?
-if [ "$rc" = 0 ]; then
-    ok "guest gG exits with status 0 and a clean kernel log"
-else
-    notok "guest gG: vm-run exit $rc: $(tail -n 5 "$GUEST_DIR/gG.err" | tr '\n' ' ')"
-fi
+stop_clean() { # GUEST
+    local rc=0
+    guest_stop "$1" || rc=$?
+    if [ "$rc" = 0 ]; then
+        ok "guest $1 exits with status 0 and a clean kernel log"
+    else
+        notok "guest $1: vm-run exit $rc: $(tail -n 5 "$GUEST_DIR/$1.err" | tr '\n' ' ')"
+    fi
+}
+stop_clean gG
 # V3: with gG gone, init_net finds no CID 10, although the local gL2 has it
 check "V3 init_net -> CID 10 once the global gG has exited, while local gL2 (CID 10) runs" \
     enodev "$(outcome - 10 "$HP" "h2g from init_net after gG")"
-rc=0
-guest_stop gL2 || rc=$?
-if [ "$rc" = 0 ]; then
-    ok "guest gL2 exits with status 0 and a clean kernel log"
-else
-    notok "guest gL2: vm-run exit $rc: $(tail -n 5 "$GUEST_DIR/gL2.err" | tr '\n' ' ')"
-fi
+stop_clean gL2
 [ "$n" = "$NTESTS" ] || notok "plan: ran $n checks, planned $NTESTS"
