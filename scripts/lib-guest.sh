@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034 # GOUT, GUEST_ERR, ...: for the caller
-# Sourced (bash) by scripts/demo-guest and tests/suites/guests.sh, inside a
+# Sourced (bash) by scripts/demo-guest and tests/guests/guests.sh, inside a
 # scripts/vm-run test VM: real nested guests (scripts/vm-run --guest), each a
 # QEMU microvm whose vhost-vsock device is opened in a given netns, driven
 # over its virtio console by a one-line command loop.
@@ -28,12 +28,13 @@ GUEST_ROOT=${GUEST_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 declare -A GUEST_PID=() GUEST_FD=() GUEST_T0=()
 GUEST_ERR=
 GOUT=
-# The command loop: bash in the guest, reading one line at a time, with a
-# helper: wait_vsock_listen PORT, until some nc in some netns listens on PORT
-# (ss shows only its own netns' sockets: it runs in each nc's netns).
+# The command loop: bash in the guest, reading "ID CMD" lines; each CMD runs
+# with stdin from /dev/null and is answered by "@@done ID STATUS" on a line
+# of its own.  Helper: wait_vsock_listen PORT, up to 120 s, until some nc in
+# some netns listens on PORT (ss only shows its own netns: it runs in each).
 # shellcheck disable=SC2016 # expanded in the guest
-GUEST_LOOP='wait_vsock_listen() { local i p; for i in $(seq 240); do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
-echo @@ready; while IFS= read -r l; do eval "$l"; echo "@@done $?"; done'
+GUEST_LOOP='wait_vsock_listen() { local t=$((SECONDS + 120)) p; while [ $SECONDS -lt $t ]; do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
+echo @@ready; while IFS= read -r l; do eval "${l#* }" </dev/null; printf "\n@@done %s %s\n" "${l%% *}" "$?"; done'
 
 # The QEMU command line vm-run runs for a guest, for the record.
 guest_qemu_line() { # CID
@@ -68,6 +69,8 @@ guest_wait() { # NAME
             wait "${GUEST_PID[$name]}" 2>/dev/null || true
             GUEST_ERR=$(tr -d '\r' <"$GUEST_DIR/$name.err" | grep -v '^  |' | head -n 3)
             unset "GUEST_PID[$name]"
+            local fd=${GUEST_FD[$name]}
+            exec {fd}>&-
             return 1
         fi
         if [ $((SECONDS - t0)) -ge "${GUEST_BOOT_TIMEOUT:-600}" ]; then
@@ -82,24 +85,30 @@ guest_wait() { # NAME
 }
 
 guest_exec() { # NAME CMD [SECS]
-    local name=$1 cmd=$2 secs=${3:-300} done0 before t0 st
-    [ -n "${GUEST_PID[$name]:-}" ] || { GOUT="guest $name is not running"; return 125; }
-    # the answer is the first "@@done" line after those already there
-    # (counted from the file, so a call from a subshell keeps no stale count)
-    done0=$(grep -c '^@@done ' "$GUEST_DIR/$name.out" || true)
+    local name=$1 cmd=$2 secs=${3:-300} id before t0 st
+    if [ -z "${GUEST_PID[$name]:-}" ]; then GOUT="guest $name is not running"; return 125; fi
+    case $cmd in *$'\n'*) GOUT="guest_exec: one line only: $cmd"; return 2 ;; esac
+    # a unique id: a late answer to an earlier (timed-out) command, or a
+    # call from a subshell, can never be taken for this one's
+    id=$BASHPID.$RANDOM.$SECONDS
     before=$(wc -l <"$GUEST_DIR/$name.out")
-    printf '%s\n' "$cmd" >&"${GUEST_FD[$name]}"
+    printf '%s %s\n' "$id" "$cmd" >&"${GUEST_FD[$name]}"
     t0=$SECONDS
-    while [ "$(grep -c '^@@done ' "$GUEST_DIR/$name.out" || true)" -le "$done0" ]; do
-        if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null || [ $((SECONDS - t0)) -ge "$secs" ]; then
+    until st=$(grep -m1 "^@@done $id " "$GUEST_DIR/$name.out"); do
+        if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
+            GOUT="guest $name exited: $(tail -n 3 "$GUEST_DIR/$name.err" | tr '\n' ' ')"
+            return 125
+        fi
+        if [ $((SECONDS - t0)) -ge "$secs" ]; then
             GOUT="guest $name: no answer to '$cmd' after $((SECONDS - t0)) s"
             return 124
         fi
         sleep 0.2
     done
-    GOUT=$(tail -n +"$((before + 1))" "$GUEST_DIR/$name.out" | grep -v '^@@done ' | tr -d '\r')
-    st=$(grep '^@@done ' "$GUEST_DIR/$name.out" | sed -n "$((done0 + 1))p" | tr -d '\r')
-    return "${st#@@done }"
+    GOUT=$(tail -n +"$((before + 1))" "$GUEST_DIR/$name.out" | sed "/^@@done $id /q" |
+        grep -v '^@@done ' | tr -d '\r')
+    st=${st%$'\r'}
+    return "${st##* }"
 }
 
 guest_listen() { # NAME PORT FILE [CMD...]
@@ -112,13 +121,18 @@ guest_listen() { # NAME PORT FILE [CMD...]
     guest_exec "$name" "kill \$(pidof nc ncat) 2>/dev/null; while pidof nc ncat >/dev/null; do sleep 0.2; done; $c >$file 2>&1 </dev/null & wait_vsock_listen $port"
 }
 
-guest_stop() { # NAME
-    local name=$1 rc=0
+guest_stop() { # NAME: up to 120 s for a clean exit, then kill (124)
+    local name=$1 rc=0 fd
     [ -n "${GUEST_PID[$name]:-}" ] || return 0
-    printf 'exit 0\n' >&"${GUEST_FD[$name]}"
+    printf 'x exit 0\n' >&"${GUEST_FD[$name]}"
+    for _ in $(seq 600); do kill -0 "${GUEST_PID[$name]}" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
+        guest_kill "$name"
+        return 124
+    fi
     wait "${GUEST_PID[$name]}" || rc=$?
     unset "GUEST_PID[$name]"
-    local fd=${GUEST_FD[$name]}
+    fd=${GUEST_FD[$name]}
     exec {fd}>&-
     return "$rc"
 }

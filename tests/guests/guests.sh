@@ -21,8 +21,9 @@ NTESTS=21
 echo "TAP version 13"
 echo "1..$NTESTS"
 n=0
+FAILS=0
 ok() { n=$((n + 1)); echo "ok $n - $*"; }
-notok() { n=$((n + 1)); echo "not ok $n - $*"; }
+notok() { n=$((n + 1)); FAILS=$((FAILS + 1)); echo "not ok $n - $*"; }
 check() { # DESC WANT GOT
     if [ "$2" = "$3" ]; then ok "$1: $3"; else notok "$1: want '$2', got '$3'"; fi
 }
@@ -73,6 +74,16 @@ inns() { # NETNS|- CMD...: run in the netns ("-" = init_net)
     if [ "$ns" = - ]; then "$@"; else ip netns exec "$ns" "$@"; fi
 }
 nsname() { [ "$1" = - ] && echo init_net || echo "$1"; }
+# the same in the background: $! is the command itself (ip netns exec
+# execs it), so killing $! leaves no child behind
+inns_bg() { # OUT NETNS|- CMD...
+    local out=$1 ns=$2 pre=()
+    shift 2
+    [ "$ns" = - ] || pre=(ip netns exec "$ns")
+    "${pre[@]}" "$@" >"$out" 2>&1 </dev/null &
+    BGPID=$!
+    HPIDS+=("$BGPID")
+}
 
 # --- boot: V2 ----------------------------------------------------------------
 declare -A GNS=([gG]=$G [gL1]=$L1 [gL2]=$L2)
@@ -146,11 +157,9 @@ done
 # --- guest to host: V4 ---------------------------------------------------------
 # host listeners: port 2000 in init_net, L1 and L2; port 2001 in G
 for ns in - "$L1" "$L2"; do
-    inns "$ns" timeout 900 nc --vsock -l -k 2000 >"$GUEST_DIR/host-2000-$(nsname "$ns")" 2>&1 </dev/null &
-    HPIDS+=("$!")
+    inns_bg "$GUEST_DIR/host-2000-$(nsname "$ns")" "$ns" timeout 900 nc --vsock -l -k 2000
 done
-inns "$G" timeout 900 nc --vsock -l -k 2001 >"$GUEST_DIR/host-2001-$G" 2>&1 </dev/null &
-HPIDS+=("$!")
+inns_bg "$GUEST_DIR/host-2001-$G" "$G" timeout 900 nc --vsock -l -k 2001
 for ns in - "$L1" "$L2" "$G"; do
     for _ in $(seq 100); do
         inns "$ns" ss -Hl --vsock | grep -q ':200[01]\b' && break
@@ -210,7 +219,10 @@ for pair in "-:gG" "$L1:gL1" "$L2:gL2"; do
     mkfifo "$GUEST_DIR/live-$g"
     exec {fd}<>"$GUEST_DIR/live-$g"
     LIVE_FD[$g]=$fd
-    inns "$ns" timeout 900 nc --send-only --vsock 10 1235 <&"$fd" >"$GUEST_DIR/live-$g.out" 2>&1 &
+    # not --send-only: the client must read to see the reset of V5
+    pre=()
+    [ "$ns" = - ] || pre=(ip netns exec "$ns")
+    "${pre[@]}" timeout 900 nc --vsock 10 1235 <&"$fd" >"$GUEST_DIR/live-$g.out" 2>&1 &
     LIVE_PID[$g]=$!
     HPIDS+=("$!")
     echo "live 1 to $g" >&"$fd"
@@ -252,3 +264,4 @@ check "V3 init_net -> CID 10 once the global gG has exited, while local gL2 (CID
     enodev "$(outcome - 10 "$HP" "h2g from init_net after gG")"
 stop_clean gL2
 [ "$n" = "$NTESTS" ] || notok "plan: ran $n checks, planned $NTESTS"
+[ "$FAILS" = 0 ]
