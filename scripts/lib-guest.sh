@@ -36,9 +36,9 @@ GOUT=
 GUEST_LOOP='wait_vsock_listen() { local t=$((SECONDS + 120)) p; while [ $SECONDS -lt $t ]; do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
 echo @@ready; while IFS= read -r l; do eval "${l#* }" </dev/null; printf "\n@@done %s %s\n" "${l%% *}" "$?"; done'
 
-# The QEMU command line vm-run runs for a guest, for the record.
-guest_qemu_line() { # CID
-    echo "qemu-system-x86_64 -M microvm,acpi=off -accel tcg -m 256M -kernel vmlinux -initrd initramfs.cpio -device vhost-vsock-device,guest-cid=$1 ..."
+# The QEMU command line vm-run ran for a guest (it prints it on stderr).
+guest_qemu_line() { # NAME
+    sed -n 's/^vm-run: qemu-system/qemu-system/p' "${GUEST_DIR:?}/$1.err" | head -n 1
 }
 
 guest_start() { # NAME NETNS|- CID
@@ -54,7 +54,7 @@ guest_boot() { # NAME NETNS|- CID
     mkfifo "$GUEST_DIR/$name.in"
     exec {fd}<>"$GUEST_DIR/$name.in"
     GUEST_FD[$name]=$fd
-    "${pre[@]}" "$GUEST_ROOT/scripts/vm-run" --guest --timeout 3000 \
+    "${pre[@]}" env VM_SHOW_QEMU=1 "$GUEST_ROOT/scripts/vm-run" --guest --timeout 3000 \
         --device "vhost-vsock-device,guest-cid=$cid" -- bash -c "$GUEST_LOOP" \
         <&"$fd" >"$GUEST_DIR/$name.out" 2>"$GUEST_DIR/$name.err" &
     GUEST_PID[$name]=$!
@@ -67,7 +67,7 @@ guest_wait() { # NAME
     while ! grep -q '^@@ready' "$GUEST_DIR/$name.out" 2>/dev/null; do
         if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
             wait "${GUEST_PID[$name]}" 2>/dev/null || true
-            GUEST_ERR=$(tr -d '\r' <"$GUEST_DIR/$name.err" | grep -v '^  |' | head -n 3)
+            GUEST_ERR=$(tr -d '\r' <"$GUEST_DIR/$name.err" | grep -v '^  |\|^vm-run: qemu-system' | head -n 3)
             unset "GUEST_PID[$name]"
             local fd=${GUEST_FD[$name]}
             exec {fd}>&-
