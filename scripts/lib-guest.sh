@@ -4,17 +4,21 @@
 # QEMU microvm whose vhost-vsock device is opened in a given netns, driven
 # over its virtio console by a one-line command loop.
 #
-#   guest_start NAME NETNS|- CID   boot it (NETNS "-" = init_net); 0 once its
-#                                  command loop answers, 1 if QEMU or the boot
-#                                  failed (GUEST_ERR says why)
-#   guest_boot NAME NETNS|- CID    the same in two halves, to boot several
-#   guest_wait NAME                guests at once
+#   guest_start NAME NETNS|- CID [OPTION...]
+#                                  boot it (NETNS "-" = init_net; OPTIONs for
+#                                  vm-run, as --net); 0 once its command loop
+#                                  answers, 1 if QEMU or the boot failed
+#                                  (GUEST_ERR says why)
+#   guest_boot NAME NETNS|- CID [OPTION...]
+#   guest_wait NAME                the same in two halves, to boot several
+#                                  guests at once
 #   guest_exec NAME CMD [SECS]     run one shell line in the guest; its exit
 #                                  status is ours, its output in GOUT
 #   guest_listen NAME PORT FILE [CMD...]
-#                                  start "nc --vsock -l PORT" (or CMD, which
-#                                  runs such an nc) in the guest, its output
-#                                  to FILE; 0 once some nc listens on PORT
+#                                  start "nc -v --vsock -l PORT" in the guest,
+#                                  data to FILE, its messages to FILE.log, or
+#                                  CMD (which runs such an nc, without -v),
+#                                  all to FILE; 0 once it listens
 #   guest_stop NAME                end the command loop and wait for vm-run:
 #                                  its status (125: a splat in the guest log)
 #   guest_kill NAME                kill it (QEMU exits: the device is released)
@@ -25,52 +29,96 @@
 # write to files): the loop's "@@done STATUS" lines frame each command's
 # output.
 GUEST_ROOT=${GUEST_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-declare -A GUEST_PID=() GUEST_FD=() GUEST_T0=()
+declare -A GUEST_PID=() GUEST_FD=() GUEST_RFD=() GUEST_PART=() GUEST_T0=()
 GUEST_ERR=
 GOUT=
 # The command loop: bash in the guest, reading "ID CMD" lines; each CMD runs
 # with stdin from /dev/null and is answered by "@@done ID STATUS" on a line
-# of its own.  Helper: wait_vsock_listen PORT, up to 120 s, until some nc in
-# some netns listens on PORT (ss only shows its own netns: it runs in each).
+# of its own.  Helpers for CMD, each waiting up to 120 s:
+#   wait_listening FILE   until FILE (the stderr of an "nc -v ... -l")
+#                         says "Ncat: Listening on": bash builtins only
+#   wait_vsock_listen PORT
+#                         until some nc in some netns listens on PORT (ss
+#                         only shows its own netns: it runs in each); slow
+#                         (ss and nsenter take seconds to start here)
 # shellcheck disable=SC2016 # expanded in the guest
-GUEST_LOOP='wait_vsock_listen() { local t=$((SECONDS + 120)) p; while [ $SECONDS -lt $t ]; do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
+GUEST_LOOP='wait_listening() { local t=$((SECONDS + 120)) x; while [ $SECONDS -lt $t ]; do while IFS= read -r x; do case $x in *"Ncat: Listening on"*) return 0 ;; esac; done <"$1"; sleep 0.3; done; return 1; }
+wait_vsock_listen() { local t=$((SECONDS + 120)) p; while [ $SECONDS -lt $t ]; do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
 echo @@ready; while IFS= read -r l; do eval "${l#* }" </dev/null; printf "\n@@done %s %s\n" "${l%% *}" "$?"; done'
+
+# The host side reads each guest's output file through a file descriptor of
+# its own, line by line, with bash builtins only: in the test VM every fork
+# and exec costs a fifth of a second.  A line still being written is kept in
+# GUEST_PART until its end arrives.
+guest_read_line() { # NAME: 0 and GLINE = the next complete line, 1 if none yet
+    local part
+    if IFS= read -r part <&"${GUEST_RFD[$1]}"; then
+        GLINE=${GUEST_PART[$1]:-}$part
+        GLINE=${GLINE%$'\r'}
+        GUEST_PART[$1]=
+        return 0
+    fi
+    GUEST_PART[$1]=${GUEST_PART[$1]:-}$part
+    return 1
+}
+
+# sleep without a fork: a read that times out on a FIFO nobody writes to
+guest_nap() { # SECONDS
+    if [ -z "${GUEST_TICK:-}" ]; then
+        mkfifo "${GUEST_DIR:?}/.tick" 2>/dev/null || [ -p "$GUEST_DIR/.tick" ]
+        exec {GUEST_TICK}<>"$GUEST_DIR/.tick"
+    fi
+    read -r -t "$1" -u "$GUEST_TICK" _ || true
+}
 
 # The QEMU command line vm-run ran for a guest (it prints it on stderr).
 guest_qemu_line() { # NAME
     sed -n 's/^vm-run: qemu-system/qemu-system/p' "${GUEST_DIR:?}/$1.err" | head -n 1
 }
 
-guest_start() { # NAME NETNS|- CID
+guest_start() { # NAME NETNS|- CID [VM-RUN-OPTION...]
     guest_boot "$@" && guest_wait "$1"
 }
 
-guest_boot() { # NAME NETNS|- CID
-    local name=$1 ns=$2 cid=$3 pre=() fd
+guest_boot() { # NAME NETNS|- CID [VM-RUN-OPTION...]
+    local name=$1 ns=$2 cid=$3 pre=() fd rfd
+    shift 3
     [ "$ns" = - ] || pre=(ip netns exec "$ns")
     GUEST_ERR=
     : "${GUEST_DIR:?GUEST_DIR: a writable directory}"
     rm -f "$GUEST_DIR/$name".{in,out,err}
     mkfifo "$GUEST_DIR/$name.in"
-    exec {fd}<>"$GUEST_DIR/$name.in"
+    : >"$GUEST_DIR/$name.out"
+    exec {fd}<>"$GUEST_DIR/$name.in" {rfd}<"$GUEST_DIR/$name.out"
     GUEST_FD[$name]=$fd
+    GUEST_RFD[$name]=$rfd
+    GUEST_PART[$name]=
     "${pre[@]}" env VM_SHOW_QEMU=1 "$GUEST_ROOT/scripts/vm-run" --guest --timeout 3000 \
-        --device "vhost-vsock-device,guest-cid=$cid" -- bash -c "$GUEST_LOOP" \
-        <&"$fd" >"$GUEST_DIR/$name.out" 2>"$GUEST_DIR/$name.err" &
+        --device "vhost-vsock-device,guest-cid=$cid" "$@" -- bash -c "$GUEST_LOOP" \
+        <&"$fd" >>"$GUEST_DIR/$name.out" 2>"$GUEST_DIR/$name.err" &
     GUEST_PID[$name]=$!
     GUEST_T0[$name]=$SECONDS
+}
+
+# forget a guest whose vm-run has ended: its PID and descriptors
+guest_forget() { # NAME
+    local fd=${GUEST_FD[$1]:-} rfd=${GUEST_RFD[$1]:-}
+    unset "GUEST_PID[$1]" "GUEST_FD[$1]" "GUEST_RFD[$1]" "GUEST_PART[$1]"
+    [ -z "$fd" ] || exec {fd}>&-
+    [ -z "$rfd" ] || exec {rfd}<&-
 }
 
 guest_wait() { # NAME
     local name=$1 t0=${GUEST_T0[$1]}
     [ -n "${GUEST_PID[$name]:-}" ] || return 1
-    while ! grep -q '^@@ready' "$GUEST_DIR/$name.out" 2>/dev/null; do
+    while :; do
+        while guest_read_line "$name"; do
+            [ "$GLINE" != @@ready ] || break 2
+        done
         if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
             wait "${GUEST_PID[$name]}" 2>/dev/null || true
             GUEST_ERR=$(tr -d '\r' <"$GUEST_DIR/$name.err" | grep -v '^  |\|^vm-run: qemu-system' | head -n 3)
-            unset "GUEST_PID[$name]"
-            local fd=${GUEST_FD[$name]}
-            exec {fd}>&-
+            guest_forget "$name"
             return 1
         fi
         if [ $((SECONDS - t0)) -ge "${GUEST_BOOT_TIMEOUT:-600}" ]; then
@@ -78,23 +126,34 @@ guest_wait() { # NAME
             guest_kill "$name"
             return 1
         fi
-        sleep 0.5
+        guest_nap 0.5
     done
     GUEST_BOOT_SECS=$((SECONDS - t0))
     return 0
 }
 
 guest_exec() { # NAME CMD [SECS]
-    local name=$1 cmd=$2 secs=${3:-300} id before t0 st
+    local name=$1 cmd=$2 secs=${3:-300} id t0 out=''
     if [ -z "${GUEST_PID[$name]:-}" ]; then GOUT="guest $name is not running"; return 125; fi
     case $cmd in *$'\n'*) GOUT="guest_exec: one line only: $cmd"; return 2 ;; esac
     # a unique id: a late answer to an earlier (timed-out) command, or a
     # call from a subshell, can never be taken for this one's
     id=$BASHPID.$RANDOM.$SECONDS
-    before=$(wc -l <"$GUEST_DIR/$name.out")
     printf '%s %s\n' "$id" "$cmd" >&"${GUEST_FD[$name]}"
     t0=$SECONDS
-    until st=$(grep -m1 "^@@done $id " "$GUEST_DIR/$name.out"); do
+    while :; do
+        while guest_read_line "$name"; do
+            case $GLINE in
+            "@@done $id "*)
+                # the loop's "\n@@done": drop the newlines it added
+                while [ "${out%$'\n'}" != "$out" ]; do out=${out%$'\n'}; done
+                GOUT=$out
+                return "${GLINE##* }"
+                ;;
+            @@done\ *) ;; # the answer to an earlier, timed-out command
+            *) out+=$GLINE$'\n' ;;
+            esac
+        done
         if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
             GOUT="guest $name exited: $(tail -n 3 "$GUEST_DIR/$name.err" | tr '\n' ' ')"
             return 125
@@ -103,37 +162,38 @@ guest_exec() { # NAME CMD [SECS]
             GOUT="guest $name: no answer to '$cmd' after $((SECONDS - t0)) s"
             return 124
         fi
-        sleep 0.2
+        guest_nap 0.1
     done
-    GOUT=$(tail -n +"$((before + 1))" "$GUEST_DIR/$name.out" | sed "/^@@done $id /q" |
-        grep -v '^@@done ' | tr -d '\r')
-    st=${st%$'\r'}
-    return "${st##* }"
 }
 
 guest_listen() { # NAME PORT FILE [CMD...]
     local name=$1 port=$2 file=$3 c
     shift 3
-    if [ $# = 0 ]; then c="nc --vsock -l $port"; else c=$(printf '%q ' "$@"); fi
+    if [ $# = 0 ]; then
+        # -v: ncat says "Listening on" on stderr once it listens
+        c="nc -v --vsock -l $port >$file 2>$file.log </dev/null & wait_listening $file.log"
+    else
+        c="$(printf '%q ' "$@") >$file 2>&1 </dev/null & wait_vsock_listen $port"
+    fi
     # One listener per guest at a time: an older nc keeps its listening
     # socket until it exits (even after its one connection), so it would
     # answer the wait and then vanish.  Kill it and wait until it is gone.
-    guest_exec "$name" "kill \$(pidof nc ncat) 2>/dev/null; while pidof nc ncat >/dev/null; do sleep 0.2; done; $c >$file 2>&1 </dev/null & wait_vsock_listen $port"
+    guest_exec "$name" "kill \$(pidof nc ncat) 2>/dev/null; while pidof nc ncat >/dev/null; do sleep 0.2; done; $c"
 }
 
 guest_stop() { # NAME: up to 120 s for a clean exit, then kill (124)
-    local name=$1 rc=0 fd
+    local name=$1 rc=0 t0=$SECONDS
     [ -n "${GUEST_PID[$name]:-}" ] || return 0
     printf 'x exit 0\n' >&"${GUEST_FD[$name]}"
-    for _ in $(seq 600); do kill -0 "${GUEST_PID[$name]}" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
-        guest_kill "$name"
-        return 124
-    fi
+    while kill -0 "${GUEST_PID[$name]}" 2>/dev/null; do
+        if [ $((SECONDS - t0)) -ge 120 ]; then
+            guest_kill "$name"
+            return 124
+        fi
+        guest_nap 0.2
+    done
     wait "${GUEST_PID[$name]}" || rc=$?
-    unset "GUEST_PID[$name]"
-    fd=${GUEST_FD[$name]}
-    exec {fd}>&-
+    guest_forget "$name"
     return "$rc"
 }
 
@@ -143,9 +203,7 @@ guest_kill() { # NAME
     p=${GUEST_PID[$name]}
     kill -TERM "$p" 2>/dev/null || true
     wait "$p" 2>/dev/null || true
-    unset "GUEST_PID[$name]"
-    local fd=${GUEST_FD[$name]}
-    exec {fd}>&-
+    guest_forget "$name"
 }
 
 guest_kill_all() {

@@ -13,11 +13,16 @@
 #   G1  inside a guest: a local netns cannot use the guest-to-host transport
 #   V5  releasing a device resets only its own connections
 #   V6  ip netns del of a running guest's netns: its connection keeps working
+#   V4  the kernel's vsock_test (STREAM and SEQPACKET) between gG and a host
+#       process in vg_global, and between gL1 and one in vg_local1; its
+#       control channel is TCP over QEMU's user-mode network
+#   G1  vsock_ns_reassign (the series' kselftest) in a guest: transport
+#       reassignment after a refused connect, in a local netns of the guest
 # Slow by nature (TCG inside TCG): the guests boot one after the other.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-NTESTS=21
+NTESTS=24
 echo "TAP version 13"
 echo "1..$NTESTS"
 n=0
@@ -67,7 +72,8 @@ for l in "$L1" "$L2"; do
     unshare --net bash -c "echo local > /proc/sys/net/vsock/child_ns_mode && ip netns add $l"
     NSES+=("$l")
 done
-ip -n "$G" link set lo up
+# lo up: QEMU's user-mode network reaches the host side on 127.0.0.1
+for ns in "$G" "$L1" "$L2"; do ip -n "$ns" link set lo up; done
 inns() { # NETNS|- CMD...: run in the netns ("-" = init_net)
     local ns=$1
     shift
@@ -88,12 +94,15 @@ inns_bg() { # OUT NETNS|- CMD...
 # --- boot: V2 ----------------------------------------------------------------
 declare -A GNS=([gG]=$G [gL1]=$L1 [gL2]=$L2)
 declare -A GCID=([gG]=10 [gL1]=10 [gL2]=10)
+# a user-mode network for vsock_test's control channel
+declare -A GOPT=([gG]=--net [gL1]=--net [gL2]="")
 GUESTS=(gG gL1 gL2)
 t0=$SECONDS
 UP=()
 # one after the other: guests booting at once share the test VM's CPUs badly
 for g in "${GUESTS[@]}"; do
-    if guest_start "$g" "${GNS[$g]}" "${GCID[$g]}"; then
+    # shellcheck disable=SC2086 # GOPT: zero or one word
+    if guest_start "$g" "${GNS[$g]}" "${GCID[$g]}" ${GOPT[$g]}; then
         ok "V2 guest $g (netns $(nsname "${GNS[$g]}"), CID ${GCID[$g]}) boots and answers its console after $GUEST_BOOT_SECS s"
         UP+=("$g")
     else
@@ -117,7 +126,7 @@ fi
 # --- host to guest: V3 ---------------------------------------------------------
 HP=1234
 for g in "${GUESTS[@]}"; do
-    if ! guest_exec "$g" "nc --vsock -l -k $HP >/tmp/h2g 2>&1 </dev/null & wait_vsock_listen $HP"; then
+    if ! guest_exec "$g" "nc -v --vsock -l -k $HP >/tmp/h2g 2>/tmp/h2g.log </dev/null & wait_listening /tmp/h2g.log"; then
         bail "the listener in $g did not start: $GOUT"
     fi
 done
@@ -207,10 +216,60 @@ case $GOUT in
 *) notok "G1 in the guest, a local netns connecting to the host: want ENETUNREACH, got: $GOUT" ;;
 esac
 
+# --- vsock_test between a guest and a host process: V4 ---------------------------
+# The host side is the server (it listens on vsock and on TCP port 5000 for
+# the control channel, in the netns of the guest's QEMU); the guest's client
+# reaches that TCP port as 10.0.2.2:5000 through QEMU's user-mode network.
+VT=$ROOT/build/vsock-test/vsock_test
+# the slow ones under TCG inside TCG: multiple connections, big messages,
+# the MSG_ZEROCOPY and credit-update bulk tests (they run over loopback in
+# the vsock-test suite of make check)
+VT_SKIP=(4 11 14 18 19 20 22 23)
+vsock_test_pair() { # GUEST NETNS
+    local g=$1 ns=$2 srv=$GUEST_DIR/vt-server-$1 rc=0 args=() i
+    for i in "${VT_SKIP[@]}"; do args+=("--skip=$i"); done
+    inns_bg "$srv" "$ns" timeout 900 "$VT" --mode=server --control-port=5000 \
+        --peer-cid="${GCID[$g]}" "${args[@]}"
+    for _ in $(seq 100); do
+        ip netns exec "$ns" ss -Hlt 2>/dev/null | grep -q ':5000\b' && break
+        sleep 0.1
+    done
+    guest_exec "$g" "$VT --mode=client --control-host=10.0.2.2 --control-port=5000 --peer-cid=2 ${args[*]} 2>&1" 900 || rc=$?
+    local srv_rc=0
+    wait "$BGPID" || srv_rc=$?
+    local res
+    res=$(grep -c '\.\.\.ok$' <<<"$GOUT" || true)
+    if [ "$rc" = 0 ] && [ "$srv_rc" = 0 ]; then
+        ok "V4 vsock_test between $g and a host process in $ns: client and server exit 0 ($res tests ok)"
+    else
+        notok "V4 vsock_test between $g and a host process in $ns: client exit $rc, server exit $srv_rc: $(tail -n 3 <<<"$GOUT" | tr '\n' ' ') / $(tail -n 3 "$srv" | tr '\n' ' ')"
+    fi
+}
+if [ -x "$VT" ]; then
+    vsock_test_pair gG "$G"
+    vsock_test_pair gL1 "$L1"
+else
+    notok "V4 vsock_test between gG and a host process: $VT not built (scripts/build-vsock-test)"
+    notok "V4 vsock_test between gL1 and a host process: $VT not built (scripts/build-vsock-test)"
+fi
+
+# --- inside a guest: transport reassignment, G1 ---------------------------------
+RA=$ROOT/build/kselftest/vsock/vsock_ns_reassign
+if [ -x "$RA" ]; then
+    guest_exec gG "VSOCK_NS_REASSIGN_ROUNDS=${REASSIGN_ROUNDS:-100} $RA 2>&1" 900 || true
+    tot=$(grep '^# Totals:' <<<"$GOUT" || true)
+    case $tot in
+    *" pass:5 fail:0 "*"skip:0 "*) ok "G1 vsock_ns_reassign in gG: refused, reconnected to loopback, closed, in a loop: $tot" ;;
+    *) notok "G1 vsock_ns_reassign in gG: $(tail -n 8 <<<"$GOUT" | tr '\n' ' ')" ;;
+    esac
+else
+    notok "G1 vsock_ns_reassign: $RA not built (scripts/build-kselftest)"
+fi
+
 # --- V5 and V6: live connections ------------------------------------------------
 # long connections to CID 10: init_net -> gG, L1 -> gL1, L2 -> gL2
 for g in "${GUESTS[@]}"; do
-    guest_exec "$g" "nc --vsock -l -k 1235 >/tmp/live 2>&1 </dev/null & wait_vsock_listen 1235" ||
+    guest_exec "$g" "nc -v --vsock -l -k 1235 >/tmp/live 2>/tmp/live.log </dev/null & wait_listening /tmp/live.log" ||
         diag "listener 1235 in $g: $GOUT"
 done
 declare -A LIVE_FD=() LIVE_PID=()
