@@ -63,12 +63,17 @@ guest_read_line() { # NAME: 0 and GLINE = the next complete line, 1 if none yet
 }
 
 # sleep without a fork: a read that times out on a FIFO nobody writes to
+# (sleep(1) when that FIFO cannot be made)
 guest_nap() { # SECONDS
     if [ -z "${GUEST_TICK:-}" ]; then
-        mkfifo "${GUEST_DIR:?}/.tick" 2>/dev/null || [ -p "$GUEST_DIR/.tick" ]
-        exec {GUEST_TICK}<>"$GUEST_DIR/.tick"
+        { mkfifo "${GUEST_DIR:?}/.tick" 2>/dev/null || [ -p "$GUEST_DIR/.tick" ]; } &&
+            exec {GUEST_TICK}<>"$GUEST_DIR/.tick" || GUEST_TICK=none
     fi
-    read -r -t "$1" -u "$GUEST_TICK" _ || true
+    if [ "$GUEST_TICK" = none ]; then
+        sleep "$1"
+    else
+        read -r -t "$1" -u "$GUEST_TICK" _ || true
+    fi
 }
 
 # The QEMU command line vm-run ran for a guest (it prints it on stderr).
@@ -93,9 +98,15 @@ guest_boot() { # NAME NETNS|- CID [VM-RUN-OPTION...]
     GUEST_FD[$name]=$fd
     GUEST_RFD[$name]=$rfd
     GUEST_PART[$name]=
-    "${pre[@]}" env VM_SHOW_QEMU=1 "$GUEST_ROOT/scripts/vm-run" --guest --timeout 3000 \
-        --device "vhost-vsock-device,guest-cid=$cid" "$@" -- bash -c "$GUEST_LOOP" \
-        <&"$fd" >>"$GUEST_DIR/$name.out" 2>"$GUEST_DIR/$name.err" &
+    # in a subshell that first closes every descriptor of the guests (this
+    # one's too: its input is a copy), so that no QEMU holds another's
+    (
+        for f in "${GUEST_FD[@]}" "${GUEST_RFD[@]}" "${GUEST_TICK:-}"; do
+            [[ $f != [0-9]* ]] || exec {f}>&-
+        done
+        exec "${pre[@]}" env VM_SHOW_QEMU=1 "$GUEST_ROOT/scripts/vm-run" --guest --timeout 3000 \
+            --device "vhost-vsock-device,guest-cid=$cid" "$@" -- bash -c "$GUEST_LOOP"
+    ) <&"$fd" >>"$GUEST_DIR/$name.out" 2>"$GUEST_DIR/$name.err" &
     GUEST_PID[$name]=$!
     GUEST_T0[$name]=$SECONDS
 }
@@ -103,7 +114,7 @@ guest_boot() { # NAME NETNS|- CID [VM-RUN-OPTION...]
 # forget a guest whose vm-run has ended: its PID and descriptors
 guest_forget() { # NAME
     local fd=${GUEST_FD[$1]:-} rfd=${GUEST_RFD[$1]:-}
-    unset "GUEST_PID[$1]" "GUEST_FD[$1]" "GUEST_RFD[$1]" "GUEST_PART[$1]"
+    unset "GUEST_PID[$1]" "GUEST_FD[$1]" "GUEST_RFD[$1]" "GUEST_PART[$1]" "GUEST_T0[$1]"
     [ -z "$fd" ] || exec {fd}>&-
     [ -z "$rfd" ] || exec {rfd}<&-
 }
@@ -133,11 +144,16 @@ guest_wait() { # NAME
 }
 
 guest_exec() { # NAME CMD [SECS]
-    local name=$1 cmd=$2 secs=${3:-300} id t0 out=''
+    local name=$1 cmd=$2 secs=${3:-300} id t0 out='' dead=0
     if [ -z "${GUEST_PID[$name]:-}" ]; then GOUT="guest $name is not running"; return 125; fi
     case $cmd in *$'\n'*) GOUT="guest_exec: one line only: $cmd"; return 2 ;; esac
-    # a unique id: a late answer to an earlier (timed-out) command, or a
-    # call from a subshell, can never be taken for this one's
+    # The reader's file offset is shared with subshells, its partial line
+    # (GUEST_PART) is not: a call from a subshell would lose lines.
+    if [ "$BASHPID" != "$$" ]; then GOUT="guest_exec: not from a subshell"; return 2; fi
+    # what the guest wrote since the last answer is not this command's
+    while guest_read_line "$name"; do :; done
+    # a unique id: a late answer to an earlier (timed-out) command can
+    # never be taken for this one's
     id=$BASHPID.$RANDOM.$SECONDS
     printf '%s %s\n' "$id" "$cmd" >&"${GUEST_FD[$name]}"
     t0=$SECONDS
@@ -154,10 +170,12 @@ guest_exec() { # NAME CMD [SECS]
             *) out+=$GLINE$'\n' ;;
             esac
         done
-        if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then
+        if [ "$dead" = 1 ]; then
             GOUT="guest $name exited: $(tail -n 3 "$GUEST_DIR/$name.err" | tr '\n' ' ')"
             return 125
         fi
+        # once more through the file after vm-run has gone: its last lines
+        if ! kill -0 "${GUEST_PID[$name]}" 2>/dev/null; then dead=1; continue; fi
         if [ $((SECONDS - t0)) -ge "$secs" ]; then
             GOUT="guest $name: no answer to '$cmd' after $((SECONDS - t0)) s"
             return 124
@@ -171,7 +189,7 @@ guest_listen() { # NAME PORT FILE [CMD...]
     shift 3
     if [ $# = 0 ]; then
         # -v: ncat says "Listening on" on stderr once it listens
-        c="nc -v --vsock -l $port >$file 2>$file.log </dev/null & wait_listening $file.log"
+        c="rm -f $file.log; nc -v --vsock -l $port >$file 2>$file.log </dev/null & wait_listening $file.log"
     else
         c="$(printf '%q ' "$@") >$file 2>&1 </dev/null & wait_vsock_listen $port"
     fi

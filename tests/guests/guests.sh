@@ -19,6 +19,7 @@
 #   G1  vsock_ns_reassign (the series' kselftest) in a guest: transport
 #       reassignment after a refused connect, in a local netns of the guest
 # Slow by nature (TCG inside TCG): the guests boot one after the other.
+# env: REASSIGN_ROUNDS (vsock_ns_reassign rounds per variant, 100)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -126,7 +127,7 @@ fi
 # --- host to guest: V3 ---------------------------------------------------------
 HP=1234
 for g in "${GUESTS[@]}"; do
-    if ! guest_exec "$g" "nc -v --vsock -l -k $HP >/tmp/h2g 2>/tmp/h2g.log </dev/null & wait_listening /tmp/h2g.log"; then
+    if ! guest_exec "$g" "rm -f /tmp/h2g.log; nc -v --vsock -l -k $HP >/tmp/h2g 2>/tmp/h2g.log </dev/null & wait_listening /tmp/h2g.log"; then
         bail "the listener in $g did not start: $GOUT"
     fi
 done
@@ -235,11 +236,12 @@ vsock_test_pair() { # GUEST NETNS
         sleep 0.1
     done
     guest_exec "$g" "$VT --mode=client --control-host=10.0.2.2 --control-port=5000 --peer-cid=2 ${args[*]} 2>&1" 900 || rc=$?
-    local srv_rc=0
+    # a failed client leaves the server waiting for its control channel
+    [ "$rc" = 0 ] || kill -TERM "$BGPID" 2>/dev/null || true
+    local srv_rc=0 res
     wait "$BGPID" || srv_rc=$?
-    local res
     res=$(grep -c '\.\.\.ok$' <<<"$GOUT" || true)
-    if [ "$rc" = 0 ] && [ "$srv_rc" = 0 ]; then
+    if [ "$rc" = 0 ] && [ "$srv_rc" = 0 ] && [ "$res" -gt 0 ]; then
         ok "V4 vsock_test between $g and a host process in $ns: client and server exit 0 ($res tests ok)"
     else
         notok "V4 vsock_test between $g and a host process in $ns: client exit $rc, server exit $srv_rc: $(tail -n 3 <<<"$GOUT" | tr '\n' ' ') / $(tail -n 3 "$srv" | tr '\n' ' ')"
@@ -269,7 +271,7 @@ fi
 # --- V5 and V6: live connections ------------------------------------------------
 # long connections to CID 10: init_net -> gG, L1 -> gL1, L2 -> gL2
 for g in "${GUESTS[@]}"; do
-    guest_exec "$g" "nc -v --vsock -l -k 1235 >/tmp/live 2>/tmp/live.log </dev/null & wait_listening /tmp/live.log" ||
+    guest_exec "$g" "rm -f /tmp/live.log; nc -v --vsock -l -k 1235 >/tmp/live 2>/tmp/live.log </dev/null & wait_listening /tmp/live.log" ||
         diag "listener 1235 in $g: $GOUT"
 done
 declare -A LIVE_FD=() LIVE_PID=()
