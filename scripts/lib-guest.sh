@@ -120,7 +120,7 @@ guest_forget() { # NAME
 }
 
 guest_wait() { # NAME
-    local name=$1 t0=${GUEST_T0[$1]}
+    local name=$1 t0=${GUEST_T0[$1]:-$SECONDS}
     [ -n "${GUEST_PID[$name]:-}" ] || return 1
     while :; do
         while guest_read_line "$name"; do
