@@ -12,8 +12,11 @@
 #   guest_boot NAME NETNS|- CID [OPTION...]
 #   guest_wait NAME                the same in two halves, to boot several
 #                                  guests at once
-#   guest_exec NAME CMD [SECS]     run one shell line in the guest; its exit
-#                                  status is ours, its output in GOUT
+#   guest_exec NAME CMD [SECS]     run one shell line in the guest (up to
+#                                  SECS, 300): its exit status is ours, its
+#                                  output in GOUT; 124 on timeout, 125 when
+#                                  the guest is gone, 2 for more than one
+#                                  line or a call from a subshell
 #   guest_listen NAME PORT FILE [CMD...]
 #                                  start "nc -v --vsock -l PORT" in the guest,
 #                                  data to FILE, its messages to FILE.log, or
