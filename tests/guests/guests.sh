@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Suite guests (TAP; make check runs it in a boot of its own, make check-guests alone): real nested guests on the other side of vhost-vsock.
+# Suite guests (TAP): real nested guests on the other side of vhost-vsock;
+# make check runs it in a boot of its own, make check-guests runs it alone.
 # Three guests run the series as a guest kernel (scripts/vm-run --guest, QEMU
 # microvm under TCG), all with CID 10: gG in a global netns, gL1 and gL2 in
 # two local namespaces.  Each listens with `nc --vsock -l -k`; host sockets
