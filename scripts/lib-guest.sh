@@ -38,6 +38,11 @@ GOUT=
 # The command loop: bash in the guest, reading "ID CMD" lines; each CMD runs
 # with stdin from /dev/null and is answered by "@@done ID STATUS" on a line
 # of its own.  Helpers for CMD, each waiting up to 120 s:
+#   listen_vsock PORT FILE [NC-OPTION...]
+#                         empty FILE.log, start "nc -v --vsock -l
+#                         [NC-OPTION...] PORT" in the background (data
+#                         to FILE, messages to FILE.log) and
+#                         wait_listening FILE.log
 #   wait_listening FILE   until FILE (the stderr of an "nc -v ... -l")
 #                         says "Ncat: Listening on": bash builtins only
 #   wait_vsock_listen PORT
@@ -45,7 +50,8 @@ GOUT=
 #                         only shows its own netns: it runs in each); slow
 #                         (ss and nsenter take seconds to start here)
 # shellcheck disable=SC2016 # expanded in the guest
-GUEST_LOOP='wait_listening() { local t=$((SECONDS + 120)) x; while [ $SECONDS -lt $t ]; do while IFS= read -r x; do case $x in *"Ncat: Listening on"*) return 0 ;; esac; done <"$1"; sleep 0.3; done; return 1; }
+GUEST_LOOP='listen_vsock() { local p=$1 f=$2; shift 2; : >"$f.log"; nc -v --vsock -l "$@" "$p" >"$f" 2>"$f.log" </dev/null & wait_listening "$f.log"; }
+wait_listening() { local t=$((SECONDS + 120)) x; while [ $SECONDS -lt $t ]; do while IFS= read -r x; do case $x in *"Ncat: Listening on"*) return 0 ;; esac; done <"$1"; sleep 0.3; done; return 1; }
 wait_vsock_listen() { local t=$((SECONDS + 120)) p; while [ $SECONDS -lt $t ]; do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
 echo @@ready; while IFS= read -r l; do eval "${l#* }" </dev/null; printf "\n@@done %s %s\n" "${l%% *}" "$?"; done'
 
@@ -192,7 +198,7 @@ guest_listen() { # NAME PORT FILE [CMD...]
     shift 3
     if [ $# = 0 ]; then
         # -v: ncat says "Listening on" on stderr once it listens
-        c="rm -f $file.log; nc -v --vsock -l $port >$file 2>$file.log </dev/null & wait_listening $file.log"
+        c="listen_vsock $port $file"
     else
         c="$(printf '%q ' "$@") >$file 2>&1 </dev/null & wait_vsock_listen $port"
     fi

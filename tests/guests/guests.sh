@@ -128,7 +128,7 @@ fi
 # --- host to guest: V3 ---------------------------------------------------------
 HP=1234
 for g in "${GUESTS[@]}"; do
-    if ! guest_exec "$g" "rm -f /tmp/h2g.log; nc -v --vsock -l -k $HP >/tmp/h2g 2>/tmp/h2g.log </dev/null & wait_listening /tmp/h2g.log"; then
+    if ! guest_exec "$g" "listen_vsock $HP /tmp/h2g -k"; then
         bail "the listener in $g did not start: $GOUT"
     fi
 done
@@ -272,7 +272,7 @@ fi
 # --- V5 and V6: live connections ------------------------------------------------
 # long connections to CID 10: init_net -> gG, L1 -> gL1, L2 -> gL2
 for g in "${GUESTS[@]}"; do
-    guest_exec "$g" "rm -f /tmp/live.log; nc -v --vsock -l -k 1235 >/tmp/live 2>/tmp/live.log </dev/null & wait_listening /tmp/live.log" ||
+    guest_exec "$g" "listen_vsock 1235 /tmp/live -k" ||
         diag "listener 1235 in $g: $GOUT"
 done
 declare -A LIVE_FD=() LIVE_PID=()
