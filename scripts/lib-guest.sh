@@ -1,8 +1,9 @@
 # shellcheck shell=bash disable=SC2034 # GOUT, GUEST_ERR, ...: for the caller
-# Sourced (bash) by scripts/demo-guest and tests/guests/guests.sh, inside a
-# scripts/vm-run test VM: real nested guests (scripts/vm-run --guest), each a
-# QEMU microvm whose vhost-vsock device is opened in a given netns, driven
-# over its virtio console by a one-line command loop.
+# Sourced (bash) by scripts/demo-guest, tests/guests/guests.sh and
+# tests/guests/guests-debug.sh, inside a scripts/vm-run test VM: real nested
+# guests (scripts/vm-run --guest), each a QEMU microvm whose vhost-vsock
+# device is opened in a given netns, driven over its virtio console by a
+# one-line command loop.
 #
 #   guest_start NAME NETNS|- CID [OPTION...]
 #                                  boot it (NETNS "-" = init_net; OPTIONs for
@@ -22,8 +23,9 @@
 #                                  data to FILE, its messages to FILE.log, or
 #                                  CMD (which runs such an nc, without -v),
 #                                  all to FILE; 0 once it listens
-#   guest_stop NAME                end the command loop and wait for vm-run:
-#                                  its status (125: a splat in the guest log)
+#   guest_stop NAME [SECS]         end the command loop and wait up to SECS
+#                                  (120) for vm-run: its status (125: a
+#                                  splat in the guest log, 124: killed)
 #   guest_kill NAME                kill it (QEMU exits: the device is released)
 #
 # The caller provides GUEST_DIR (a writable directory) and may set
@@ -43,15 +45,21 @@ GOUT=
 #                         [NC-OPTION...] PORT" in the background (data
 #                         to FILE, messages to FILE.log) and
 #                         wait_listening FILE.log
-#   wait_listening FILE   until FILE (the stderr of an "nc -v ... -l")
-#                         says "Ncat: Listening on": bash builtins only
+#   listen_seqpacket PORT FILE
+#                         the same for SOCK_SEQPACKET, with socat: every
+#                         connection's messages appended to FILE, socat's
+#                         own (-d -d) to FILE.log
+#   wait_listening FILE   until FILE (the stderr of an "nc -v ... -l" or a
+#                         "socat -d -d VSOCK-LISTEN") says it listens: bash
+#                         builtins only
 #   wait_vsock_listen PORT
 #                         until some nc in some netns listens on PORT (ss
 #                         only shows its own netns: it runs in each); slow
 #                         (ss and nsenter take seconds to start here)
 # shellcheck disable=SC2016 # expanded in the guest
 GUEST_LOOP='listen_vsock() { local p=$1 f=$2; shift 2; : >"$f.log"; nc -v --vsock -l "$@" "$p" >"$f" 2>"$f.log" </dev/null & wait_listening "$f.log"; }
-wait_listening() { local t=$((SECONDS + 120)) x; while [ $SECONDS -lt $t ]; do while IFS= read -r x; do case $x in *"Ncat: Listening on"*) return 0 ;; esac; done <"$1"; sleep 0.3; done; return 1; }
+listen_seqpacket() { local p=$1 f=$2; : >"$f" && : >"$f.log"; socat -d -d -u VSOCK-LISTEN:"$p",socktype=5,fork STDOUT >>"$f" 2>"$f.log" </dev/null & wait_listening "$f.log"; }
+wait_listening() { local t=$((SECONDS + 120)) x; while [ $SECONDS -lt $t ]; do while IFS= read -r x; do case $x in *"Ncat: Listening on"* | *" listening on AF=40 "*) return 0 ;; esac; done <"$1"; sleep 0.3; done; return 1; }
 wait_vsock_listen() { local t=$((SECONDS + 120)) p; while [ $SECONDS -lt $t ]; do for p in $(pidof nc ncat); do nsenter --net=/proc/$p/ns/net ss -Hl --vsock 2>/dev/null | grep -q ":$1\b" && return 0; done; sleep 0.5; done; return 1; }
 echo @@ready; while IFS= read -r l; do eval "${l#* }" </dev/null; printf "\n@@done %s %s\n" "${l%% *}" "$?"; done'
 
@@ -208,12 +216,12 @@ guest_listen() { # NAME PORT FILE [CMD...]
     guest_exec "$name" "kill \$(pidof nc ncat) 2>/dev/null; while pidof nc ncat >/dev/null; do sleep 0.2; done; $c"
 }
 
-guest_stop() { # NAME: up to 120 s for a clean exit, then kill (124)
-    local name=$1 rc=0 t0=$SECONDS
+guest_stop() { # NAME [SECS]: up to SECS (120) for a clean exit, then kill (124)
+    local name=$1 secs=${2:-120} rc=0 t0=$SECONDS
     [ -n "${GUEST_PID[$name]:-}" ] || return 0
     printf 'x exit 0\n' >&"${GUEST_FD[$name]}"
     while kill -0 "${GUEST_PID[$name]}" 2>/dev/null; do
-        if [ $((SECONDS - t0)) -ge 120 ]; then
+        if [ $((SECONDS - t0)) -ge "$secs" ]; then
             guest_kill "$name"
             return 124
         fi

@@ -3,15 +3,18 @@
 # make check runs it in a boot of its own, make check-guests runs it alone.
 # Three guests run the series as a guest kernel (scripts/vm-run --guest, QEMU
 # microvm under TCG), all with CID 10: gG in a global netns, gL1 and gL2 in
-# two local namespaces.  Each listens with `nc --vsock -l -k`; host sockets
-# in init_net, the global netns and both local ones connect to them and they
+# two local namespaces.  Each listens with `nc --vsock -l -k` (STREAM) and
+# `socat VSOCK-LISTEN:...,socktype=5,fork` (SEQPACKET); host sockets in
+# init_net, the global netns and both local ones connect to them and they
 # connect back to host listeners, and every message must land in exactly the
 # netns the rules say, or fail the way they say.  (A guest in init_net is
 # the same case as gG for every rule: both are global; make demo runs one.)
 #   V2  CID reuse with running guests; a global duplicate is refused
-#   V3  host to guest, per (host netns, CID)
-#   V4  guest to host, per (guest, host listener)
+#   V3  host to guest, per (host netns, CID), STREAM (ncat) and SEQPACKET
+#       (socat)
+#   V4  guest to host, per (guest, host listener), STREAM and SEQPACKET
 #   G1  inside a guest: a local netns cannot use the guest-to-host transport
+#       (STREAM: ENETUNREACH, SEQPACKET: ESOCKTNOSUPPORT)
 #   V5  releasing a device resets only its own connections
 #   V6  ip netns del of a running guest's netns: its connection keeps working
 #   V4  the kernel's vsock_test (STREAM and SEQPACKET) between gG and a host
@@ -24,13 +27,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-NTESTS=24
+NTESTS=35
 echo "TAP version 13"
 echo "1..$NTESTS"
 n=0
 FAILS=0
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-notok() { n=$((n + 1)); FAILS=$((FAILS + 1)); echo "not ok $n - $*"; }
+# ("#" in a description would start a TAP directive: quoted output has them)
+ok() { local d=$*; n=$((n + 1)); echo "ok $n - ${d//#/%}"; }
+notok() { local d=$*; n=$((n + 1)); FAILS=$((FAILS + 1)); echo "not ok $n - ${d//#/%}"; }
 check() { # DESC WANT GOT
     if [ "$2" = "$3" ]; then ok "$1: $3"; else notok "$1: want '$2', got '$3'"; fi
 }
@@ -126,16 +130,19 @@ else
 fi
 
 # --- host to guest: V3 ---------------------------------------------------------
-HP=1234
+# STREAM on port 1234 (ncat), SEQPACKET on 1236 (socat)
+HP=1234 HPS=1236
 for g in "${GUESTS[@]}"; do
-    if ! guest_exec "$g" "listen_vsock $HP /tmp/h2g -k"; then
-        bail "the listener in $g did not start: $GOUT"
+    if ! guest_exec "$g" "listen_vsock $HP /tmp/h2g -k && listen_seqpacket $HPS /tmp/h2g-sp"; then
+        guest_exec "$g" "cat /tmp/h2g.log /tmp/h2g-sp.log" || true
+        bail "the listeners in $g did not start: $(tr '\n' ' ' <<<"$GOUT")"
     fi
 done
 # Outcome of a host connect: ok, reset, enodev, timed-out, or other.
-outcome() { # NETNS|- CID PORT MSG
-    local out rc=0
-    out=$(echo "$4" | inns "$1" timeout 30 nc --send-only --vsock "$2" "$3" 2>&1) || rc=$?
+outcome() { # NETNS|- CID PORT MSG [seqpacket]
+    local out rc=0 cmd=(nc --send-only --vsock "$2" "$3")
+    [ "${5:-}" != seqpacket ] || cmd=(socat -u - "VSOCK-CONNECT:$2:$3,socktype=5")
+    out=$(echo "$4" | inns "$1" timeout 30 "${cmd[@]}" 2>&1) || rc=$?
     case $out in
     *"reset by peer"*) echo reset ;;
     *"No such device"*) echo enodev ;;
@@ -148,39 +155,51 @@ declare -A WANT_H2G=([-]=gG ["$G"]=gG ["$L1"]=gL1 ["$L2"]=gL2)
 declare -A GOT_OUTCOME=()
 for ns in - "$G" "$L1" "$L2"; do
     GOT_OUTCOME[$ns]=$(outcome "$ns" 10 "$HP" "h2g from $(nsname "$ns")")
+    GOT_OUTCOME[$ns,sp]=$(outcome "$ns" 10 "$HPS" "h2g seqpacket from $(nsname "$ns")" seqpacket)
 done
 sleep 5
 declare -A INBOX=()
 for g in "${GUESTS[@]}"; do
-    guest_exec "$g" "cat /tmp/h2g" || true
+    guest_exec "$g" "cat /tmp/h2g /tmp/h2g-sp" || true
     INBOX[$g]=$GOUT
 done
 for ns in - "$G" "$L1" "$L2"; do
     want=${WANT_H2G[$ns]}
-    where=
-    for g in "${GUESTS[@]}"; do
-        if grep -qxF "h2g from $(nsname "$ns")" <<<"${INBOX[$g]}"; then where+="${where:+,}$g"; fi
+    for ty in "" sp; do
+        msg="h2g from $(nsname "$ns")" what=STREAM
+        [ -z "$ty" ] || msg="h2g seqpacket from $(nsname "$ns")" what=SEQPACKET
+        where=
+        for g in "${GUESTS[@]}"; do
+            if grep -qxF "$msg" <<<"${INBOX[$g]}"; then where+="${where:+,}$g"; fi
+        done
+        check "V3 $what $(nsname "$ns") -> CID 10: connects and only $want receives" \
+            "ok, $want" "${GOT_OUTCOME[$ns${ty:+,$ty}]}, ${where:-nowhere}"
     done
-    check "V3 $(nsname "$ns") -> CID 10: connects and only $want receives" \
-        "ok, $want" "${GOT_OUTCOME[$ns]}, ${where:-nowhere}"
 done
 
 # --- guest to host: V4 ---------------------------------------------------------
-# host listeners: port 2000 in init_net, L1 and L2; port 2001 in G
+# host listeners: port 2000 (STREAM) and 2002 (SEQPACKET) in init_net, L1
+# and L2; ports 2001 and 2003 in G
 for ns in - "$L1" "$L2"; do
     inns_bg "$GUEST_DIR/host-2000-$(nsname "$ns")" "$ns" timeout 900 nc --vsock -l -k 2000
+    inns_bg "$GUEST_DIR/host-2002-$(nsname "$ns")" "$ns" timeout 900 \
+        socat -u VSOCK-LISTEN:2002,socktype=5,fork STDOUT
 done
 inns_bg "$GUEST_DIR/host-2001-$G" "$G" timeout 900 nc --vsock -l -k 2001
+inns_bg "$GUEST_DIR/host-2003-$G" "$G" timeout 900 socat -u VSOCK-LISTEN:2003,socktype=5,fork STDOUT
 for ns in - "$L1" "$L2" "$G"; do
-    for _ in $(seq 100); do
-        inns "$ns" ss -Hl --vsock | grep -q ':200[01]\b' && break
+    for i in $(seq 101); do
+        [ "$(inns "$ns" ss -Hl --vsock | grep -c ':200[0-3]\b')" = 2 ] && break
+        [ "$i" -le 100 ] || bail "the host listeners in $(nsname "$ns") did not start"
         sleep 0.1
     done
 done
 # guest outcome of "nc --vsock 2 PORT" in the guest
 declare -A WANT_G2H=(
     [gG,2000]=init_net [gL1,2000]=$L1 [gL2,2000]=$L2
-    [gG,2001]=$G [gL1,2001]=reset [gL2,2001]=reset)
+    [gG,2001]=$G [gL1,2001]=reset [gL2,2001]=reset
+    [gG,2002]=init_net [gL1,2002]=$L1 [gL2,2002]=$L2
+    [gG,2003]=$G [gL1,2003]=reset [gL2,2003]=reset)
 for g in "${GUESTS[@]}"; do
     for port in 2000 2001; do
         # (no `timeout` here: busybox's would run its own nc applet)
@@ -192,20 +211,34 @@ for g in "${GUESTS[@]}"; do
         esac
         GOT_OUTCOME[$g,$port]=$o
     done
+    # SEQPACKET: both ports in one exec (each costs seconds in a guest)
+    # (one line per port: "pPORT rc=STATUS socat's messages")
+    guest_exec "$g" "for p in 2002 2003; do r=\$(echo g2h from $g to \$p | socat -u - VSOCK-CONNECT:2:\$p,socktype=5 2>&1); echo \"p\$p rc=\$? \$(echo \"\$r\" | tr '\\n' ' ')\"; done" || true
+    for port in 2002 2003; do
+        line=$(grep "^p$port " <<<"$GOUT" || true)
+        case $line in
+        *"reset by peer"*) o=reset ;;
+        "p$port rc=0 " | "p$port rc=0  ") o=ok ;;
+        *) o="other: $line" ;;
+        esac
+        GOT_OUTCOME[$g,$port]=$o
+    done
 done
 sleep 3
 for g in "${GUESTS[@]}"; do
-    for port in 2000 2001; do
+    for port in 2000 2001 2002 2003; do
+        what=STREAM
+        [ "$port" -lt 2002 ] || what=SEQPACKET
         want=${WANT_G2H[$g,$port]}
         where=
         for f in "$GUEST_DIR"/host-*; do
             if grep -qxF "g2h from $g to $port" "$f"; then where+="${where:+,}${f##*/host-"$port"-}"; fi
         done
         if [ "$want" = reset ]; then
-            check "V4 $g -> host port $port (only in $G): reset in the guest, delivered to" \
+            check "V4 $what $g -> host port $port (only in $G): reset in the guest, delivered to" \
                 "reset, nowhere" "${GOT_OUTCOME[$g,$port]}, ${where:-nowhere}"
         else
-            check "V4 $g -> host port $port: connects and only the listener in $want receives" \
+            check "V4 $what $g -> host port $port: connects and only the listener in $want receives" \
                 "ok, $want" "${GOT_OUTCOME[$g,$port]}, ${where:-nowhere}"
         fi
     done
@@ -216,6 +249,11 @@ guest_exec gG "unshare --net bash -c 'echo local > /proc/sys/net/vsock/child_ns_
 case $GOUT in
 *"Network is unreachable"*) ok "G1 in the guest, a local netns connecting to the host: ENETUNREACH" ;;
 *) notok "G1 in the guest, a local netns connecting to the host: want ENETUNREACH, got: $GOUT" ;;
+esac
+guest_exec gG "unshare --net bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode && unshare --net socat -u - VSOCK-CONNECT:2:2003,socktype=5' </dev/null 2>&1" || true
+case $GOUT in
+*"Socket type not supported"*) ok "G1 in the guest, a local netns connecting to the host with SEQPACKET: ESOCKTNOSUPPORT" ;;
+*) notok "G1 in the guest, a local netns connecting to the host with SEQPACKET: want ESOCKTNOSUPPORT, got: $GOUT" ;;
 esac
 
 # --- vsock_test between a guest and a host process: V4 ---------------------------
