@@ -44,7 +44,8 @@ bench:
 	$(call not_yet,bench)
 
 # every suite of make check on the debug kernel (KASAN, kmemleak, lockdep),
-# the churn test at 10,000 rounds, a kmemleak scan at the end
+# the churn test at 10,000 rounds, a kmemleak scan at the end, then a
+# guest-debug nested guest (tests/guests/guests-debug.sh)
 check-debug:
 	scripts/check-debug
 
