@@ -24,19 +24,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 NTESTS=7
 echo "TAP version 13"
 echo "1..$NTESTS"
-n=0
-FAILS=0
-# ("#" in a description would start a TAP directive: quoted output has them)
-ok() { local d=$*; n=$((n + 1)); echo "ok $n - ${d//#/%}"; }
-notok() { local d=$*; n=$((n + 1)); FAILS=$((FAILS + 1)); echo "not ok $n - ${d//#/%}"; }
-skip_all() {
-    for i in $(seq $((n + 1)) "$NTESTS"); do echo "ok $i - guests-debug test $i # SKIP $1"; done
-    exit 0
-}
-bail() {
-    for i in $(seq $((n + 1)) "$NTESTS"); do echo "not ok $i - guests-debug test $i: not run: $1"; done
-    exit 1
-}
+SUITE=guests-debug
+# shellcheck source=tests/guests/lib-checks.sh
+. "$ROOT/tests/guests/lib-checks.sh"
 
 KDIR=$ROOT/build/kernels/guest-debug
 [ -r /proc/sys/net/vsock/ns_mode ] || skip_all "not the patched kernel"
@@ -70,29 +60,8 @@ else
     bail "the guest did not come up"
 fi
 
-guest_exec gD "unshare --net bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode && unshare --net nc --vsock 2 2001' </dev/null 2>&1" || true
-case $GOUT in
-*"Network is unreachable"*) ok "G1 in the guest, a local netns connecting to the host: ENETUNREACH" ;;
-*) notok "G1 in the guest, a local netns connecting to the host: want ENETUNREACH, got: $GOUT" ;;
-esac
-guest_exec gD "unshare --net bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode && unshare --net socat -u - VSOCK-CONNECT:2:2001,socktype=5' </dev/null 2>&1" || true
-case $GOUT in
-*"Socket type not supported"*) ok "G1 in the guest, a local netns connecting to the host with SEQPACKET: ESOCKTNOSUPPORT" ;;
-*) notok "G1 in the guest, a local netns connecting to the host with SEQPACKET: want ESOCKTNOSUPPORT, got: $GOUT" ;;
-esac
-
-RA=$ROOT/build/kselftest/vsock/vsock_ns_reassign
-if [ -x "$RA" ]; then
-    t0=$SECONDS
-    guest_exec gD "VSOCK_NS_REASSIGN_ROUNDS=${REASSIGN_ROUNDS:-30} $RA 2>&1" 1500 || true
-    tot=$(grep '^# Totals:' <<<"$GOUT" || true)
-    case $tot in
-    *" pass:5 fail:0 "*"skip:0 "*) ok "G1 vsock_ns_reassign in gD: refused, reconnected to loopback, closed, in a loop ($((SECONDS - t0)) s): $tot" ;;
-    *) notok "G1 vsock_ns_reassign in gD: $(tail -n 8 <<<"$GOUT" | tr '\n' ' ')" ;;
-    esac
-else
-    notok "G1 vsock_ns_reassign: $RA not built (scripts/build-kselftest)"
-fi
+guest_check_g1 gD
+guest_check_reassign gD "${REASSIGN_ROUNDS:-30}" 1500
 
 # host to guest, in the guest's own local netns
 if guest_exec gD "listen_vsock 1234 /tmp/h2g"; then

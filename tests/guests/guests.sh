@@ -30,24 +30,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 NTESTS=35
 echo "TAP version 13"
 echo "1..$NTESTS"
-n=0
-FAILS=0
-# ("#" in a description would start a TAP directive: quoted output has them)
-ok() { local d=$*; n=$((n + 1)); echo "ok $n - ${d//#/%}"; }
-notok() { local d=$*; n=$((n + 1)); FAILS=$((FAILS + 1)); echo "not ok $n - ${d//#/%}"; }
-check() { # DESC WANT GOT
-    if [ "$2" = "$3" ]; then ok "$1: $3"; else notok "$1: want '$2', got '$3'"; fi
-}
-diag() { printf '# %s\n' "$*"; }
-skip_all() {
-    for i in $(seq $((n + 1)) "$NTESTS"); do echo "ok $i - guests test $i # SKIP $1"; done
-    exit 0
-}
-# a failure that leaves nothing to test: every check not run fails with it
-bail() {
-    for i in $(seq $((n + 1)) "$NTESTS"); do echo "not ok $i - guests test $i: not run: $1"; done
-    exit 1
-}
+SUITE=guests
+# shellcheck source=tests/guests/lib-checks.sh
+. "$ROOT/tests/guests/lib-checks.sh"
 
 [ -r /proc/sys/net/vsock/ns_mode ] || skip_all "not the patched kernel"
 [ -c /dev/vhost-vsock ] || skip_all "no /dev/vhost-vsock"
@@ -245,16 +230,7 @@ for g in "${GUESTS[@]}"; do
 done
 
 # --- inside a guest: G1 --------------------------------------------------------
-guest_exec gG "unshare --net bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode && unshare --net nc --vsock 2 2001' </dev/null 2>&1" || true
-case $GOUT in
-*"Network is unreachable"*) ok "G1 in the guest, a local netns connecting to the host: ENETUNREACH" ;;
-*) notok "G1 in the guest, a local netns connecting to the host: want ENETUNREACH, got: $GOUT" ;;
-esac
-guest_exec gG "unshare --net bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode && unshare --net socat -u - VSOCK-CONNECT:2:2003,socktype=5' </dev/null 2>&1" || true
-case $GOUT in
-*"Socket type not supported"*) ok "G1 in the guest, a local netns connecting to the host with SEQPACKET: ESOCKTNOSUPPORT" ;;
-*) notok "G1 in the guest, a local netns connecting to the host with SEQPACKET: want ESOCKTNOSUPPORT, got: $GOUT" ;;
-esac
+guest_check_g1 gG
 
 # --- vsock_test between a guest and a host process: V4 ---------------------------
 # The host side is the server (it listens on vsock and on TCP port 5000 for
@@ -295,17 +271,7 @@ else
 fi
 
 # --- inside a guest: transport reassignment, G1 ---------------------------------
-RA=$ROOT/build/kselftest/vsock/vsock_ns_reassign
-if [ -x "$RA" ]; then
-    guest_exec gG "VSOCK_NS_REASSIGN_ROUNDS=${REASSIGN_ROUNDS:-100} $RA 2>&1" 900 || true
-    tot=$(grep '^# Totals:' <<<"$GOUT" || true)
-    case $tot in
-    *" pass:5 fail:0 "*"skip:0 "*) ok "G1 vsock_ns_reassign in gG: refused, reconnected to loopback, closed, in a loop: $tot" ;;
-    *) notok "G1 vsock_ns_reassign in gG: $(tail -n 8 <<<"$GOUT" | tr '\n' ' ')" ;;
-    esac
-else
-    notok "G1 vsock_ns_reassign: $RA not built (scripts/build-kselftest)"
-fi
+guest_check_reassign gG "${REASSIGN_ROUNDS:-100}" 900
 
 # --- V5 and V6: live connections ------------------------------------------------
 # long connections to CID 10: init_net -> gG, L1 -> gL1, L2 -> gL2
