@@ -44,8 +44,8 @@ bench:
 	$(call not_yet,bench)
 
 # every suite of make check on the debug kernel (KASAN, kmemleak, lockdep),
-# the churn test at 10,000 rounds, a kmemleak scan at the end, then a
-# guest-debug nested guest (tests/guests/guests-debug.sh)
+# the churn test at 10,000 rounds, a kmemleak scan at the end, four minutes
+# of make fuzz, then a guest-debug nested guest (tests/guests/guests-debug.sh)
 check-debug:
 	scripts/check-debug
 
@@ -54,6 +54,7 @@ check-guests:
 	scripts/check-guests
 
 # trinity against AF_VSOCK in every kind of netns on the debug kernel
-# (FUZZ_MINUTES, default 30); see scripts/fuzz
+# (FUZZ_MINUTES, default 30; FUZZ_PROFILE=baseline-debug: the unpatched
+# base); see scripts/fuzz
 fuzz:
 	scripts/fuzz
