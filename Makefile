@@ -7,7 +7,7 @@ SHELL := /bin/bash
 .PHONY: help deps tree export kernel check vm demo lint bench check-debug fuzz check-guests
 
 help:
-	@echo "targets: deps tree export kernel [PROFILE=default|baseline|debug|modules|guest|guest-debug]"
+	@echo "targets: deps tree export kernel [PROFILE=default|baseline|debug|modules|guest|guest-debug|perf|baseline-perf|baseline-debug]"
 	@echo "         check vm [PROFILE=...] demo lint bench check-debug fuzz check-guests"
 
 deps:
