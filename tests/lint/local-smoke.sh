@@ -39,7 +39,8 @@ if [ ! -e /proc/sys/net/vsock/child_ns_mode ]; then
 fi
 
 ip netns add "$P" || { not_ok "create netns $P"; exit 1; }
-err=$(ip netns exec "$P" sh -c 'echo local > /proc/sys/net/vsock/child_ns_mode' 2>&1)
+# bash, not sh: dash's echo reports every failed write as "I/O error"
+err=$(ip netns exec "$P" bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode' 2>&1)
 if [ -n "$err" ]; then
     if [[ $err == *"Invalid argument"* ]]; then
         ok "C6_no_local_offered: child_ns_mode refuses local (EINVAL)"
