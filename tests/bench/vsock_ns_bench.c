@@ -31,6 +31,13 @@
  *		destruction is included (waits until the netns are freed)
  *	mem KIND COUNT REPS
  *		MemFree/Slab delta per netns with COUNT namespaces held open
+ *
+ * With VSOCK_BENCH_PROBES set to a file from scripts/bench-probes, "scale"
+ * also counts, over ITERS more connects (and SET_GUEST_CIDs) with kprobes
+ * armed, the table entries each lookup examined:
+ *	RESULT lookup.<walk>.<role>.<scale name> <entries> entries/lookup
+ * (exact counts from the probes' hit counters: unlike time, no cache can
+ * hide them).  The probes are off while latency is measured.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -207,6 +214,115 @@ static void result(const char *name, double v, const char *unit)
 	fflush(stdout);
 }
 
+/* --- entries examined per lookup (kprobe hit counts) ------------------- */
+
+#define TRACEFS		"/sys/kernel/tracing"
+#define MAXPROBES	64
+
+struct probe {
+	char name[64], loop[16], role[16];
+	int body;
+	unsigned long hits;
+};
+
+static struct probe probes[MAXPROBES];
+static int nprobes;
+
+/* Register the probes of $VSOCK_BENCH_PROBES, disarmed. */
+static void probes_setup(void)
+{
+	const char *path = getenv("VSOCK_BENCH_PROBES");
+	char line[256], loc[96], what[16], def[192];
+	FILE *f;
+	int fd;
+
+	if (!path || !*path)
+		return;
+	f = fopen(path, "r");
+	if (!f)
+		die(path);
+	/* hits are counted without tracing anything */
+	if (write_str(TRACEFS "/tracing_on", "0"))
+		die(TRACEFS "/tracing_on (mounted? CONFIG_KPROBE_EVENTS?)");
+	fd = open(TRACEFS "/kprobe_events", O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (fd < 0)
+		die(TRACEFS "/kprobe_events");
+	while (nprobes < MAXPROBES && fgets(line, sizeof(line), f)) {
+		struct probe *p = &probes[nprobes];
+
+		if (sscanf(line, "%63s %95s %15s %15s %15s", p->name, loc,
+			   p->loop, p->role, what) != 5)
+			continue;
+		p->body = !strcmp(what, "body");
+		snprintf(def, sizeof(def), "p:%s %s\n", p->name, loc);
+		if (write(fd, def, strlen(def)) != (ssize_t)strlen(def))
+			die(def);
+		nprobes++;
+	}
+	close(fd);
+	fclose(f);
+}
+
+/* Read every probe's hit count (kprobe_profile names them without group). */
+static void probes_read(unsigned long *hits)
+{
+	char line[256], name[96];
+	unsigned long nhit;
+	FILE *f = fopen(TRACEFS "/kprobe_profile", "r");
+	int i;
+
+	if (!f)
+		die(TRACEFS "/kprobe_profile");
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%95s %lu", name, &nhit) != 2)
+			continue;
+		for (i = 0; i < nprobes; i++)
+			if (!strcmp(strchr(probes[i].name, '/') + 1, name))
+				hits[i] = nhit;
+	}
+	fclose(f);
+}
+
+static void probes_arm(int on)
+{
+	if (write_str(TRACEFS "/events/vskb/enable", on ? "1" : "0"))
+		die("arming the kprobes");
+}
+
+/*
+ * Entries examined per lookup, for each walk and role, over what ran
+ * between @before and now: body hits / entry hits.
+ */
+static void probes_report(const unsigned long *before, const char *name)
+{
+	unsigned long after[MAXPROBES] = { 0 };
+	char done[MAXPROBES] = { 0 }, rname[160];
+	int i, j;
+
+	probes_read(after);
+	for (i = 0; i < nprobes; i++) {
+		unsigned long entries = 0, lookups = 0;
+
+		if (done[i])
+			continue;
+		for (j = i; j < nprobes; j++) {
+			if (strcmp(probes[j].loop, probes[i].loop) ||
+			    strcmp(probes[j].role, probes[i].role))
+				continue;
+			done[j] = 1;
+			if (probes[j].body)
+				entries += after[j] - before[j];
+			else
+				lookups += after[j] - before[j];
+		}
+		if (!lookups)
+			continue;
+		snprintf(rname, sizeof(rname), "lookup.%s.%s.%s",
+			 probes[i].loop, probes[i].role, name);
+		result(rname, (double)entries / lookups, "entries/lookup");
+	}
+}
+
 static int cmd_connrate(const char *kind, int iters, int reps)
 {
 	char name[64];
@@ -269,6 +385,17 @@ static void measure_point(struct point *p, const char *mode, int n,
 			v[i] = one_connect(p->l, p->port, 1);
 		result(name, median(v, iters), "us");
 	}
+	if (nprobes) {
+		unsigned long before[MAXPROBES] = { 0 };
+
+		probes_arm(1);
+		probes_read(before);
+		for (i = 0; i < iters; i++)
+			one_connect(p->l, p->port, 1);
+		usleep(10000);	/* the last close's loopback work */
+		probes_report(before, name);
+		probes_arm(0);
+	}
 	if (vhost) {
 		snprintf(name, sizeof(name), "vhost_setcid.%s.%s.N=%d",
 			 mode, p->kind, n);
@@ -282,6 +409,18 @@ static void measure_point(struct point *p, const char *mode, int n,
 				v[i] = now_us() - t0;
 			}
 			result(name, median(v, iters), "us");
+		}
+		if (nprobes) {
+			unsigned long before[MAXPROBES] = { 0 };
+
+			probes_arm(1);
+			probes_read(before);
+			for (i = 0; i < iters; i++)
+				if (ioctl(p->vhost, VHOST_VSOCK_SET_GUEST_CID,
+					  &p->cid))
+					die("SET_GUEST_CID (count)");
+			probes_report(before, name);
+			probes_arm(0);
 		}
 	}
 	free(v);
@@ -496,9 +635,11 @@ int main(int argc, char **argv)
 	init_fd = self_ns_fd();
 	if (argc >= 5 && !strcmp(argv[1], "connrate"))
 		return cmd_connrate(argv[2], atoi(argv[3]), atoi(argv[4]));
-	if (argc >= 6 && !strcmp(argv[1], "scale"))
+	if (argc >= 6 && !strcmp(argv[1], "scale")) {
+		probes_setup();
 		return cmd_scale(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]),
 				 argc >= 7 && !strcmp(argv[6], "vhost"));
+	}
 	if (argc >= 5 && !strcmp(argv[1], "churn"))
 		return cmd_churn(argv[2], atoi(argv[3]), atoi(argv[4]));
 	if (argc >= 5 && !strcmp(argv[1], "mem"))
