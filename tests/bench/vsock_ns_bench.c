@@ -35,7 +35,7 @@
  * With VSOCK_BENCH_PROBES set to a file from scripts/bench-probes, "scale"
  * also counts, over ITERS more connects (and SET_GUEST_CIDs) with kprobes
  * armed, the table entries each lookup examined:
- *	RESULT lookup.<walk>.<role>.<scale name> <entries> entries/lookup
+ *	RESULT lookup.<walk>.<figure> <entries> entries/lookup
  * (exact counts from the probes' hit counters: unlike time, no cache can
  * hide them).  The probes are off while latency is measured.
  */
@@ -220,21 +220,47 @@ static void result(const char *name, double v, const char *unit)
 #define MAXPROBES	64
 
 struct probe {
-	char name[64], loop[16], role[16];
+	char name[64], loop[64];
 	int body;
-	unsigned long hits;
 };
 
 static struct probe probes[MAXPROBES];
 static int nprobes;
 
+/* Name of probe @p as kprobe_profile shows it: without its group. */
+static const char *probe_event(const struct probe *p)
+{
+	const char *slash = strchr(p->name, '/');
+
+	return slash ? slash + 1 : p->name;
+}
+
+/* Drop our probes (a run before this one may have left them). */
+static void probes_remove(void)
+{
+	char def[96];
+	int fd, i;
+
+	write_str(TRACEFS "/events/vskb/enable", "0");
+	fd = open(TRACEFS "/kprobe_events", O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	for (i = 0; i < nprobes; i++) {
+		snprintf(def, sizeof(def), "-:%.63s\n", probes[i].name);
+		if (write(fd, def, strlen(def)) < 0 && errno != ENOENT)
+			fprintf(stderr, "vsock_ns_bench: removing %s: %s\n",
+				probes[i].name, strerror(errno));
+	}
+	close(fd);
+}
+
 /* Register the probes of $VSOCK_BENCH_PROBES, disarmed. */
 static void probes_setup(void)
 {
 	const char *path = getenv("VSOCK_BENCH_PROBES");
-	char line[256], loc[96], what[16], def[192];
+	char line[512], loc[128], role[64], what[16], def[256];
 	FILE *f;
-	int fd;
+	int fd, i;
 
 	if (!path || !*path)
 		return;
@@ -247,20 +273,38 @@ static void probes_setup(void)
 	fd = open(TRACEFS "/kprobe_events", O_WRONLY | O_APPEND | O_CLOEXEC);
 	if (fd < 0)
 		die(TRACEFS "/kprobe_events");
-	while (nprobes < MAXPROBES && fgets(line, sizeof(line), f)) {
+	while (fgets(line, sizeof(line), f)) {
 		struct probe *p = &probes[nprobes];
 
-		if (sscanf(line, "%63s %95s %15s %15s %15s", p->name, loc,
-			   p->loop, p->role, what) != 5)
-			continue;
+		if (nprobes == MAXPROBES) {
+			errno = E2BIG;
+			die(path);
+		}
+		if (sscanf(line, "%63s %127s %63s %63s %15s", p->name, loc,
+			   p->loop, role, what) != 5 ||
+		    (strcmp(what, "body") && strcmp(what, "entry"))) {
+			errno = EINVAL;
+			die(line);
+		}
 		p->body = !strcmp(what, "body");
-		snprintf(def, sizeof(def), "p:%s %s\n", p->name, loc);
+		nprobes++;
+	}
+	fclose(f);
+	probes_remove();	/* left by an earlier run of this boot */
+	/* second pass: the kernel checks each location */
+	f = fopen(path, "r");
+	if (!f)
+		die(path);
+	for (i = 0; i < nprobes && fgets(line, sizeof(line), f); i++) {
+		if (sscanf(line, "%*s %127s", loc) != 1)
+			die(line);
+		snprintf(def, sizeof(def), "p:%.63s %s\n", probes[i].name, loc);
 		if (write(fd, def, strlen(def)) != (ssize_t)strlen(def))
 			die(def);
-		nprobes++;
 	}
 	close(fd);
 	fclose(f);
+	atexit(probes_remove);
 }
 
 /* Read every probe's hit count (kprobe_profile names them without group). */
@@ -277,7 +321,7 @@ static void probes_read(unsigned long *hits)
 		if (sscanf(line, "%95s %lu", name, &nhit) != 2)
 			continue;
 		for (i = 0; i < nprobes; i++)
-			if (!strcmp(strchr(probes[i].name, '/') + 1, name))
+			if (!strcmp(probe_event(&probes[i]), name))
 				hits[i] = nhit;
 	}
 	fclose(f);
@@ -290,8 +334,9 @@ static void probes_arm(int on)
 }
 
 /*
- * Entries examined per lookup, for each walk and role, over what ran
- * between @before and now: body hits / entry hits.
+ * Entries examined per lookup, for each walk, over what ran between
+ * @before and now: body hits / entry hits, all callers together (whether
+ * a copy is inlined into one caller depends on the compiler).
  */
 static void probes_report(const unsigned long *before, const char *name)
 {
@@ -306,8 +351,7 @@ static void probes_report(const unsigned long *before, const char *name)
 		if (done[i])
 			continue;
 		for (j = i; j < nprobes; j++) {
-			if (strcmp(probes[j].loop, probes[i].loop) ||
-			    strcmp(probes[j].role, probes[i].role))
+			if (strcmp(probes[j].loop, probes[i].loop))
 				continue;
 			done[j] = 1;
 			if (probes[j].body)
@@ -317,8 +361,8 @@ static void probes_report(const unsigned long *before, const char *name)
 		}
 		if (!lookups)
 			continue;
-		snprintf(rname, sizeof(rname), "lookup.%s.%s.%s",
-			 probes[i].loop, probes[i].role, name);
+		snprintf(rname, sizeof(rname), "lookup.%s.%s",
+			 probes[i].loop, name);
 		result(rname, (double)entries / lookups, "entries/lookup");
 	}
 }
