@@ -39,8 +39,9 @@ if [ ! -e /proc/sys/net/vsock/child_ns_mode ]; then
 fi
 
 ip netns add "$P" || { not_ok "create netns $P"; exit 1; }
-# bash, not sh: dash's echo reports every failed write as "I/O error"
-err=$(ip netns exec "$P" bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode' 2>&1)
+# bash, not sh: dash's echo reports every failed write as "I/O error";
+# LC_ALL=C: the error text is matched below
+err=$(ip netns exec "$P" env LC_ALL=C bash -c 'echo local > /proc/sys/net/vsock/child_ns_mode' 2>&1)
 if [ -n "$err" ]; then
     if [[ $err == *"Invalid argument"* ]]; then
         ok "C6_no_local_offered: child_ns_mode refuses local (EINVAL)"
