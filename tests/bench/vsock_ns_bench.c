@@ -220,7 +220,7 @@ static void result(const char *name, double v, const char *unit)
 #define MAXPROBES	64
 
 struct probe {
-	char name[64], loop[64];
+	char name[64], loc[128], loop[64];
 	int body;
 };
 
@@ -258,7 +258,7 @@ static void probes_remove(void)
 static void probes_setup(void)
 {
 	const char *path = getenv("VSOCK_BENCH_PROBES");
-	char line[512], loc[128], role[64], what[16], def[256];
+	char line[512], what[16], def[256];
 	FILE *f;
 	int fd, i;
 
@@ -280,8 +280,9 @@ static void probes_setup(void)
 			errno = E2BIG;
 			die(path);
 		}
-		if (sscanf(line, "%63s %127s %63s %63s %15s", p->name, loc,
-			   p->loop, role, what) != 5 ||
+		/* GROUP/NAME LOCATION WALK CALLER entry|body */
+		if (sscanf(line, "%63s %127s %63s %*s %15s", p->name, p->loc,
+			   p->loop, what) != 4 ||
 		    (strcmp(what, "body") && strcmp(what, "entry"))) {
 			errno = EINVAL;
 			die(line);
@@ -291,19 +292,14 @@ static void probes_setup(void)
 	}
 	fclose(f);
 	probes_remove();	/* left by an earlier run of this boot */
-	/* second pass: the kernel checks each location */
-	f = fopen(path, "r");
-	if (!f)
-		die(path);
-	for (i = 0; i < nprobes && fgets(line, sizeof(line), f); i++) {
-		if (sscanf(line, "%*s %127s", loc) != 1)
-			die(line);
-		snprintf(def, sizeof(def), "p:%.63s %s\n", probes[i].name, loc);
+	for (i = 0; i < nprobes; i++) {
+		/* the kernel checks each location */
+		snprintf(def, sizeof(def), "p:%.63s %.127s\n", probes[i].name,
+			 probes[i].loc);
 		if (write(fd, def, strlen(def)) != (ssize_t)strlen(def))
 			die(def);
 	}
 	close(fd);
-	fclose(f);
 	atexit(probes_remove);
 }
 
@@ -334,17 +330,27 @@ static void probes_arm(int on)
 }
 
 /*
- * Entries examined per lookup, for each walk, over what ran between
- * @before and now: body hits / entry hits, all callers together (whether
- * a copy is inlined into one caller depends on the compiler).
+ * Entries examined per lookup, for each walk, over @iters calls of @op with
+ * the probes armed: body hits / entry hits, all callers together (whether a
+ * copy is inlined into one caller depends on the compiler).  Reported as
+ * lookup.<walk>.<name>.
  */
-static void probes_report(const unsigned long *before, const char *name)
+static void probes_count(const char *name, void (*op)(void *), void *arg,
+			 int iters)
 {
-	unsigned long after[MAXPROBES] = { 0 };
+	unsigned long before[MAXPROBES] = { 0 }, after[MAXPROBES] = { 0 };
 	char done[MAXPROBES] = { 0 }, rname[160];
 	int i, j;
 
+	if (!nprobes)
+		return;
+	probes_arm(1);
+	probes_read(before);
+	for (i = 0; i < iters; i++)
+		op(arg);
+	usleep(10000);	/* work the last operation queued (loopback) */
 	probes_read(after);
+	probes_arm(0);
 	for (i = 0; i < nprobes; i++) {
 		unsigned long entries = 0, lookups = 0;
 
@@ -412,6 +418,22 @@ static int vhost_open_cid(unsigned long long cid)
 	return fd;
 }
 
+/* The operations counted by probes_count(). */
+static void count_connect(void *arg)
+{
+	struct point *p = arg;
+
+	one_connect(p->l, p->port, 1);
+}
+
+static void count_setcid(void *arg)
+{
+	struct point *p = arg;
+
+	if (ioctl(p->vhost, VHOST_VSOCK_SET_GUEST_CID, &p->cid))
+		die("SET_GUEST_CID (count)");
+}
+
 static void measure_point(struct point *p, const char *mode, int n,
 			  int iters, int reps, int vhost)
 {
@@ -429,17 +451,7 @@ static void measure_point(struct point *p, const char *mode, int n,
 			v[i] = one_connect(p->l, p->port, 1);
 		result(name, median(v, iters), "us");
 	}
-	if (nprobes) {
-		unsigned long before[MAXPROBES] = { 0 };
-
-		probes_arm(1);
-		probes_read(before);
-		for (i = 0; i < iters; i++)
-			one_connect(p->l, p->port, 1);
-		usleep(10000);	/* the last close's loopback work */
-		probes_report(before, name);
-		probes_arm(0);
-	}
+	probes_count(name, count_connect, p, iters);
 	if (vhost) {
 		snprintf(name, sizeof(name), "vhost_setcid.%s.%s.N=%d",
 			 mode, p->kind, n);
@@ -454,18 +466,7 @@ static void measure_point(struct point *p, const char *mode, int n,
 			}
 			result(name, median(v, iters), "us");
 		}
-		if (nprobes) {
-			unsigned long before[MAXPROBES] = { 0 };
-
-			probes_arm(1);
-			probes_read(before);
-			for (i = 0; i < iters; i++)
-				if (ioctl(p->vhost, VHOST_VSOCK_SET_GUEST_CID,
-					  &p->cid))
-					die("SET_GUEST_CID (count)");
-			probes_report(before, name);
-			probes_arm(0);
-		}
+		probes_count(name, count_setcid, p, iters);
 	}
 	free(v);
 }
