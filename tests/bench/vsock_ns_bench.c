@@ -24,6 +24,9 @@
  *		with a listener on P (SPEC K4), measured from init, global and
  *		local.  MODE "ref": N sockets in init_net on ports P + k*251,
  *		all in the listener's bucket (a table keyed on the port alone).
+ *		MODE "ports": N sockets bound in the local measuring point's
+ *		netns on ports P + k*251 (many ports in one local netns),
+ *		measured from init, global and local.
  *		With "vhost" each N also holds a /dev/vhost-vsock with CID 42
  *		(local) or CID 1000+k (ref) and SET_GUEST_CID is timed.
  *	churn KIND COUNT REPS
@@ -60,7 +63,7 @@
 #define PORT		5000
 #define BUCKETS		251	/* VSOCK_HASH_SIZE */
 #define VHOST_CID	42
-#define MAXN		20000
+#define MAXN		100000
 
 static int init_fd = -1, parent_fd = -1;
 
@@ -485,7 +488,7 @@ static int cmd_scale(const char *mode, char *nlist, int iters, int reps,
 
 	if (setrlimit(RLIMIT_NOFILE, &rl))
 		die("setrlimit");
-	if (!strcmp(mode, "local")) {
+	if (!strcmp(mode, "local") || !strcmp(mode, "ports")) {
 		kinds = kinds_local;
 		npts = 3;
 	} else {
@@ -528,6 +531,12 @@ static int cmd_scale(const char *mode, char *nlist, int iters, int reps,
 					die("local netns");
 				}
 				s = listener(PORT);
+			} else if (!strcmp(mode, "ports")) {
+				if (setns(pts[2].ns, CLONE_NEWNET))
+					die("setns ports");
+				s = vsock_socket();
+				if (bind_port(s, PORT + (have + 1) * BUCKETS))
+					die("bind ports");
 			} else {
 				s = vsock_socket();
 				if (bind_port(s, PORT + (have + 1) * BUCKETS))
