@@ -151,7 +151,19 @@ connect_outcome() { # PREFIX-CMD... -- CID
 # 1. V2: two global namespaces, same CID -> the second fails with EADDRINUSE
 t="V2: QEMU CID 42 in two global netns: the second fails with Address already in use"
 if mkns_global "${PFX}g1" && mkns_global "${PFX}g2" && start_qemu "${PFX}g1" 42; then
-    if start_qemu "${PFX}g2" 42; then result "$t" 1; else result_addrinuse "$t"; fi
+    q1=$QEMU_PID q1log=$T/q$QSEQ.log
+    if start_qemu "${PFX}g2" 42; then
+        # a second owner of CID 42 is a failure either way; say whether the
+        # first QEMU had exited (and freed the CID) in the meantime
+        if kill -0 "$q1" 2>/dev/null; then
+            diag "the first QEMU (pid $q1) still runs: CID 42 given twice"
+        else
+            diag "the first QEMU (pid $q1) had exited: $(cat "$q1log")"
+        fi
+        result "$t" 1
+    else
+        result_addrinuse "$t"
+    fi
 else
     diag "set-up failed"; result "$t" 1
 fi
