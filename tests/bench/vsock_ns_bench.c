@@ -26,7 +26,8 @@
  *		all in the listener's bucket (a table keyed on the port alone).
  *		MODE "ports": N sockets bound in the local measuring point's
  *		netns on ports P + k*251 (many ports in one local netns),
- *		measured from init, global and local.
+ *		measured from init, global, local and local2 (another local
+ *		netns, which cannot reach them either).
  *		With "vhost" each N also holds a /dev/vhost-vsock with CID 42
  *		(local) or CID 1000+k (ref) and SET_GUEST_CID is timed.
  *	churn KIND COUNT REPS
@@ -34,6 +35,13 @@
  *		destruction is included (waits until the netns are freed)
  *	mem KIND COUNT REPS
  *		MemFree/Slab delta per netns with COUNT namespaces held open
+ *	acceptloop PORT
+ *		accept and close connections on port PORT, in the current
+ *		netns, until killed (the peer of connto)
+ *	connto CID PORT ITERS REPS NAME
+ *		connect+close loop to CID:PORT, in the current netns (a
+ *		real guest across vhost-vsock, or its host): connections
+ *		per second as RESULT NAME
  *
  * With VSOCK_BENCH_PROBES set to a file from scripts/bench-probes, "scale"
  * also counts, over ITERS more connects (and SET_GUEST_CIDs) with kprobes
@@ -115,7 +123,8 @@ static int ns_enter(const char *kind)
 		return 0;
 	if (!strcmp(kind, "global"))
 		return unshare(CLONE_NEWNET) ? -errno : 0;
-	if (strcmp(kind, "local"))
+	/* "local2": one more local netns, named apart in the results */
+	if (strcmp(kind, "local") && strcmp(kind, "local2"))
 		return -EINVAL;
 	if (parent_fd < 0) {
 		int ret;
@@ -478,10 +487,11 @@ static int cmd_scale(const char *mode, char *nlist, int iters, int reps,
 		     int vhost)
 {
 	static int fds[2 * MAXN];
-	static const char * const kinds_local[] = { "init", "global", "local" };
+	static const char * const kinds_local[] = { "init", "global", "local",
+						    "local2" };
 	static const char * const kinds_ref[] = { "init" };
 	const char * const *kinds;
-	struct point pts[3];
+	struct point pts[4];
 	int npts, have = 0, nfds = 0, i, ret;
 	struct rlimit rl = { 4 * MAXN + 1024, 4 * MAXN + 1024 };
 	char *tok;
@@ -490,7 +500,7 @@ static int cmd_scale(const char *mode, char *nlist, int iters, int reps,
 		die("setrlimit");
 	if (!strcmp(mode, "local") || !strcmp(mode, "ports")) {
 		kinds = kinds_local;
-		npts = 3;
+		npts = strcmp(mode, "ports") ? 3 : 4;
 	} else {
 		kinds = kinds_ref;
 		npts = 1;
@@ -513,7 +523,8 @@ static int cmd_scale(const char *mode, char *nlist, int iters, int reps,
 		 * The measuring device: CID 42 in a local netns (reused by all
 		 * others), else a CID nobody else has (distinct CIDs).
 		 */
-		pts[i].cid = strcmp(kinds[i], "local") ? VHOST_CID + i : VHOST_CID;
+		pts[i].cid = strncmp(kinds[i], "local", 5) ? VHOST_CID + i :
+							      VHOST_CID;
 		pts[i].vhost = vhost ? vhost_open_cid(pts[i].cid) : -1;
 	}
 	for (tok = strtok(nlist, ","); tok; tok = strtok(NULL, ",")) {
@@ -683,6 +694,41 @@ static int cmd_mem(const char *kind, int count, int reps)
 	return 0;
 }
 
+static int cmd_acceptloop(unsigned int port)
+{
+	int l = listener(port), s;
+
+	while ((s = accept(l, NULL, NULL)) >= 0)
+		close(s);
+	die("accept");
+	return 1;
+}
+
+static int cmd_connto(unsigned int cid, unsigned int port, int iters,
+		      int reps, const char *name)
+{
+	struct sockaddr_vm a = {
+		.svm_family = AF_VSOCK, .svm_cid = cid, .svm_port = port,
+	};
+	int r, i;
+
+	for (r = -1; r < reps; r++) {	/* r = -1: warm-up */
+		double t0 = now_us();
+
+		for (i = 0; i < iters; i++) {
+			int c = vsock_socket();
+
+			if (connect(c, (struct sockaddr *)&a, sizeof(a)))
+				die("connect");
+			close(c);
+		}
+		if (r >= 0)
+			result(name, iters / ((now_us() - t0) / 1e6),
+			       "conn/s");
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -698,6 +744,11 @@ int main(int argc, char **argv)
 		return cmd_churn(argv[2], atoi(argv[3]), atoi(argv[4]));
 	if (argc >= 5 && !strcmp(argv[1], "mem"))
 		return cmd_mem(argv[2], atoi(argv[3]), atoi(argv[4]));
+	if (argc >= 3 && !strcmp(argv[1], "acceptloop"))
+		return cmd_acceptloop(atoi(argv[2]));
+	if (argc >= 7 && !strcmp(argv[1], "connto"))
+		return cmd_connto(strtoul(argv[2], NULL, 0), atoi(argv[3]),
+				  atoi(argv[4]), atoi(argv[5]), argv[6]);
 	fprintf(stderr, "usage: see the comment at the top of %s\n", __FILE__);
 	return 2;
 }
