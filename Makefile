@@ -7,8 +7,20 @@ SHELL := /bin/bash
 .PHONY: help deps tree export kernel check vm demo lint bench check-debug fuzz check-guests
 
 help:
-	@echo "targets: deps tree export kernel [PROFILE=default|baseline|debug|modules|guest|guest-debug|perf|baseline-perf|baseline-debug]"
-	@echo "         check vm [PROFILE=...] demo lint bench check-debug fuzz check-guests"
+	@echo "make demo          the article's walkthrough on our kernel, VMs included"
+	@echo "make check         install, build and run every test (last line: N passed, N failed, N skipped)"
+	@echo "make deps          install the Debian packages"
+	@echo "make tree          build/linux = Debian's linux-source-6.12 + patches/"
+	@echo "make export        patches/ <- the commits of build/linux"
+	@echo "make kernel PROFILE=p   build one kernel: default baseline debug modules"
+	@echo "                   guest guest-debug perf baseline-perf baseline-debug"
+	@echo "make vm [PROFILE=p] a root shell in a VM running that kernel"
+	@echo "make lint          checkpatch, bisect builds and boots, config corners"
+	@echo "make bench         benchmarks, ours against the unpatched base"
+	@echo "make check-debug   every suite on the KASAN/lockdep kernel, fuzz, debug guest"
+	@echo "make check-guests  only the real nested-guest suite"
+	@echo "make fuzz          trinity against AF_VSOCK in every kind of netns"
+	@echo "README.md tells more."
 
 deps:
 	scripts/install-deps
@@ -29,19 +41,14 @@ check:
 vm:
 	scripts/vm-run --profile $(PROFILE) --interactive --timeout 86400 -- bash
 
-define not_yet
-	@if [ -x scripts/$(1) ]; then scripts/$(1); else \
-		echo "make $@: not implemented yet (scripts/$(1) does not exist)" >&2; exit 1; fi
-endef
-
 demo:
-	$(call not_yet,demo)
+	scripts/demo
 
 lint:
-	$(call not_yet,lint)
+	scripts/lint
 
 bench:
-	$(call not_yet,bench)
+	scripts/bench
 
 # every suite of make check on the debug kernel (KASAN, kmemleak, lockdep),
 # the churn test at 10,000 rounds, a kmemleak scan at the end, four minutes
