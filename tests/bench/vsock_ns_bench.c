@@ -35,9 +35,13 @@
  *		destruction is included (waits until the netns are freed)
  *	mem KIND COUNT REPS
  *		MemFree/Slab delta per netns with COUNT namespaces held open
- *	acceptloop PORT
+ *	acceptloop PORT [COUNT REPS NAME]
  *		accept and close connections on port PORT, in the current
- *		netns, until killed (the peer of connto)
+ *		netns, until killed (the peer of connto); with COUNT, REPS
+ *		and NAME, time REPS runs of COUNT accepts after COUNT
+ *		warm-up ones, from the first accept of a run to its last,
+ *		and print RESULT NAME in connections per second: the rate
+ *		of a peer whose own clock is too coarse (a guest's jiffies)
  *	connto CID PORT ITERS REPS NAME
  *		connect+close loop to CID:PORT, in the current netns (a
  *		real guest across vhost-vsock, or its host): connections
@@ -694,10 +698,28 @@ static int cmd_mem(const char *kind, int count, int reps)
 	return 0;
 }
 
-static int cmd_acceptloop(unsigned int port)
+static int cmd_acceptloop(unsigned int port, int count, int reps,
+			  const char *name)
 {
-	int l = listener(port), s;
+	int l = listener(port), s, r, i;
 
+	for (r = -1; count > 1 && r < reps; r++) {	/* r = -1: warm-up */
+		double t0 = 0;
+
+		for (i = 0; i < count; i++) {
+			s = accept(l, NULL, NULL);
+			if (s < 0)
+				die("accept");
+			if (!i)
+				t0 = now_us();
+			close(s);
+		}
+		if (r >= 0)
+			result(name, (count - 1) / ((now_us() - t0) / 1e6),
+			       "conn/s");
+	}
+	if (count > 1)
+		return 0;
 	while ((s = accept(l, NULL, NULL)) >= 0)
 		close(s);
 	die("accept");
@@ -744,8 +766,11 @@ int main(int argc, char **argv)
 		return cmd_churn(argv[2], atoi(argv[3]), atoi(argv[4]));
 	if (argc >= 5 && !strcmp(argv[1], "mem"))
 		return cmd_mem(argv[2], atoi(argv[3]), atoi(argv[4]));
+	if (argc >= 6 && !strcmp(argv[1], "acceptloop"))
+		return cmd_acceptloop(atoi(argv[2]), atoi(argv[3]),
+				      atoi(argv[4]), argv[5]);
 	if (argc >= 3 && !strcmp(argv[1], "acceptloop"))
-		return cmd_acceptloop(atoi(argv[2]));
+		return cmd_acceptloop(atoi(argv[2]), 0, 0, NULL);
 	if (argc >= 7 && !strcmp(argv[1], "connto"))
 		return cmd_connto(strtoul(argv[2], NULL, 0), atoi(argv[3]),
 				  atoi(argv[4]), atoi(argv[5]), argv[6]);
