@@ -43,9 +43,11 @@
  *		and print RESULT NAME in connections per second: the rate
  *		of a peer whose own clock is too coarse (a guest's jiffies)
  *	connto CID PORT ITERS REPS NAME
- *		connect+close loop to CID:PORT, in the current netns (a
- *		real guest across vhost-vsock, or its host): connections
- *		per second as RESULT NAME
+ *		loop of connect to CID:PORT, in the current netns (a real
+ *		guest across vhost-vsock, or its host), wait until the peer
+ *		accepted and closed (EOF), close: connections per second as
+ *		RESULT NAME.  Waiting for the peer keeps its accept queue
+ *		from overflowing (a full queue answers with a reset)
  *
  * With VSOCK_BENCH_PROBES set to a file from scripts/bench-probes, "scale"
  * also counts, over ITERS more connects (and SET_GUEST_CIDs) with kprobes
@@ -740,8 +742,12 @@ static int cmd_connto(unsigned int cid, unsigned int port, int iters,
 		for (i = 0; i < iters; i++) {
 			int c = vsock_socket();
 
+			char b;
+
 			if (connect(c, (struct sockaddr *)&a, sizeof(a)))
 				die("connect");
+			if (recv(c, &b, 1, 0))
+				die("recv: no EOF from the peer");
 			close(c);
 		}
 		if (r >= 0)
