@@ -82,8 +82,13 @@ QEMU_PID=
 QEMU_ERR=
 QSEQ=0
 # Start a paused QEMU with a vhost-vsock device of CID in NETNS ("-" for
-# init_net).  Returns 0 once it runs with the device set up (its QMP greeting
-# comes only after machine init), 1 when it exited (QEMU_ERR = its message).
+# init_net).  Returns 0 once it runs with the device set up, 1 when it
+# exited (QEMU_ERR = its message).  "Set up" is an answer to query-status:
+# QMP commands run in QEMU's main loop, which starts only after machine
+# init has realized the device (and set its CID, or exited); the greeting
+# alone can come earlier, from the monitor's own thread, and a test that
+# took it for "runs" saw two QEMUs with one CID while the first one was
+# still setting its CID up.
 start_qemu() { # NETNS CID
     local ns=$1 cid=$2 pre=() pid sock
     QSEQ=$((QSEQ + 1))
@@ -101,7 +106,9 @@ start_qemu() { # NETNS CID
             diag "QEMU (netns ${ns/#-/init_net}, CID $cid) exited: $QEMU_ERR"
             return 1
         fi
-        if [ -S "$sock" ] && timeout 3 socat -t 0.5 - "UNIX-CONNECT:$sock" </dev/null 2>/dev/null | grep -q QMP; then
+        if [ -S "$sock" ] &&
+            printf '%s\n' '{"execute":"qmp_capabilities"}' '{"execute":"query-status"}' |
+            timeout 5 socat -t 2 - "UNIX-CONNECT:$sock" 2>/dev/null | grep -q '"status"'; then
             QEMU_PID=$pid
             diag "QEMU (netns ${ns/#-/init_net}, CID $cid) runs, pid $pid"
             return 0
