@@ -236,7 +236,9 @@ guest_check_g1 gG
 # The host side is the server (it listens on vsock and on TCP port 5000 for
 # the control channel, in the netns of the guest's QEMU); the guest's client
 # reaches that TCP port as 10.0.2.2:5000 through QEMU's user-mode network.
-VT=$ROOT/build/vsock-test/vsock_test
+# vsock_test-120s: the kernel's vsock_test with 120 s instead of 10 s per
+# step (scripts/build-vsock-test), since the guest runs under TCG in TCG
+VT=$ROOT/build/vsock-test/vsock_test-120s
 # the slow ones under TCG inside TCG: multiple connections, big messages,
 # the MSG_ZEROCOPY and credit-update bulk tests (they run over loopback in
 # the vsock-test suite of make check)
