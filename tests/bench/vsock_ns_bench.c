@@ -34,8 +34,7 @@
  *		netns create+destroy rate, each netns opening a vsock socket;
  *		destruction is included (waits until the netns are freed)
  *	mem KIND COUNT REPS
- *		MemFree/Slab delta per netns with COUNT namespaces held open,
- *		after one unreported repetition that warms the allocators up
+ *		MemFree/Slab delta per netns with COUNT namespaces held open
  *	acceptloop PORT [COUNT REPS NAME]
  *		accept and close connections on port PORT, in the current
  *		netns, until killed (the peer of connto); with COUNT, REPS
@@ -674,13 +673,7 @@ static int cmd_mem(const char *kind, int count, int reps)
 	held = prepare_kind(name, kind);
 	if (held < 0)
 		return 0;
-	/*
-	 * Repetition -1 warms up and is not reported: right after boot the
-	 * first thousand namespaces cost 4-8 KiB of MemFree less each than
-	 * later ones (the allocators' caches and per-CPU lists fill), so
-	 * whichever kind ran first looked cheaper.
-	 */
-	for (r = -1; r < reps; r++) {
+	for (r = 0; r < reps; r++) {
 		long free0, slab0, free1, slab1;
 
 		usleep(100000);
@@ -695,12 +688,10 @@ static int cmd_mem(const char *kind, int count, int reps)
 		usleep(100000);
 		free1 = meminfo("MemFree");
 		slab1 = meminfo("Slab");
-		if (r >= 0) {
-			result(strcat(strcpy(name, "mem_free."), kind),
-			       (free0 - free1) * 1024.0 / count, "B/netns");
-			result(strcat(strcpy(name, "mem_slab."), kind),
-			       (slab1 - slab0) * 1024.0 / count, "B/netns");
-		}
+		result(strcat(strcpy(name, "mem_free."), kind),
+		       (free0 - free1) * 1024.0 / count, "B/netns");
+		result(strcat(strcpy(name, "mem_slab."), kind),
+		       (slab1 - slab0) * 1024.0 / count, "B/netns");
 		for (i = 0; i < count; i++)
 			close(fds[i]);
 		drain(held);
