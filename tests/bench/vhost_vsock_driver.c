@@ -273,11 +273,14 @@ static void tx_reclaim(void)
 					       __ATOMIC_ACQUIRE)) {
 		uint16_t id = q->r.used->ring[q->last_used % QSZ].id;
 
-		if (id >= QSZ)
-			dief("bad used entry on the transmit queue");
 		for (;;) {
-			uint16_t flags = q->r.desc[id].flags;
-			uint16_t nx = q->r.desc[id].next;
+			uint16_t flags, nx;
+
+			/* a device that used what it did not get */
+			if (id >= QSZ || q->nfree >= QSZ)
+				dief("bad used entry on the transmit queue");
+			flags = q->r.desc[id].flags;
+			nx = q->r.desc[id].next;
 
 			q->r.desc[id].next = q->free_head;
 			q->free_head = id;
@@ -317,6 +320,7 @@ static void send_pkt(struct conn *c, uint16_t op, uint32_t flags,
 		     uint32_t len)
 {
 	struct vq *q = &vqs[VQ_TX];
+	uint32_t lport = c->lport, pport = c->pport;
 	struct virtio_vsock_hdr *h;
 	uint16_t head, d;
 
@@ -327,6 +331,12 @@ static void send_pkt(struct conn *c, uint16_t op, uint32_t flags,
 		wait_event(STALL_MS);
 		handle_rx();
 	}
+	/* the packets handled meanwhile may have closed the connection, or
+	 * given its slot to another: then only a reset still goes out
+	 */
+	if (op != VIRTIO_VSOCK_OP_RST &&
+	    (c->state == FREE || c->lport != lport || c->pport != pport))
+		return;
 	head = q->free_head;
 	h = &tx_hdrs[head];
 	memset(h, 0, sizeof(*h));
@@ -365,7 +375,7 @@ static void send_pkt(struct conn *c, uint16_t op, uint32_t flags,
 
 static void send_rst(uint32_t lport, uint32_t pport)
 {
-	struct conn c = { .lport = lport, .pport = pport };
+	struct conn c = { .state = CLOSING, .lport = lport, .pport = pport };
 
 	send_pkt(&c, VIRTIO_VSOCK_OP_RST, 0, 0);
 }
@@ -476,8 +486,8 @@ static void handle_pkt(const struct virtio_vsock_hdr *h)
 		break;
 	case VIRTIO_VSOCK_OP_SHUTDOWN:
 		/* both directions shut, nothing left to read: reset */
-		send_rst(c->lport, c->pport);
 		c->state = FREE;
+		send_rst(c->lport, c->pport);
 		break;
 	case VIRTIO_VSOCK_OP_RST:
 		if (c->state == CONNECTING)
@@ -503,7 +513,7 @@ static void handle_rx(void)
 		struct vring_used_elem *e = &q->r.used->ring[q->last_used % QSZ];
 		uint16_t id = e->id;
 
-		if (id >= QSZ || e->len < HDR)
+		if (id >= QSZ || e->len < HDR || !rx_posted)
 			dief("bad used entry on the receive queue");
 		q->last_used++;
 		rx_posted--;
@@ -603,12 +613,9 @@ static int cmd_connect(uint32_t port, uint64_t bytes, unsigned long count)
 			step();
 	}
 	/* the last reset reaches the host before the device goes */
-	for (;;) {
-		tx_reclaim();
-		if (vqs[VQ_TX].nfree == QSZ)
-			break;
-		wait_event(STALL_MS);
-	}
+	tx_reclaim();
+	while (vqs[VQ_TX].nfree != QSZ)
+		step();
 	return 0;
 }
 
@@ -654,7 +661,7 @@ int main(int argc, char **argv)
 	while ((opt = getopt(argc, argv, "d:s:")) != -1) {
 		if (opt == 'd')
 			dither = parse_size(optarg);
-		else if (opt == 's')
+		else if (opt == 's' && parse_size(optarg) <= UINT32_MAX)
 			seed = parse_size(optarg);
 		else
 			goto usage;
