@@ -16,8 +16,14 @@
  * and never written: a local netns is made by unsharing a "parent" netns,
  * writing "local" to its child_ns_mode and unsharing again from there.
  *
- *	connrate KIND ITERS REPS
- *		connect+accept+close loop on CID 1 inside a KIND netns
+ *	connrate KIND ITERS REPS [DITHER]
+ *		connect+accept+close loop on CID 1 inside a KIND netns; with
+ *		DITHER, a pseudo-random 0 to DITHER loop iterations before
+ *		each connection (xorshift32, seeded by the repetition's
+ *		number): on one vCPU the bench task and the loopback worker
+ *		otherwise settle into one of several scheduling patterns,
+ *		which moved the rate by 1.2% between two builds of the same
+ *		code; with the dither the same comparison gave 0.994-1.004
  *	scale MODE NLIST ITERS REPS [vhost]
  *		connect latency to CID 1 port P while N (from the comma list)
  *		extra sockets exist.  MODE "local": N local namespaces each
@@ -417,10 +423,28 @@ static void probes_count(const char *name, void (*op)(void *), void *arg,
 	}
 }
 
-static int cmd_connrate(const char *kind, int iters, int reps)
+/* Spin for 0 to @max loop iterations, pseudo-randomly from *@x. */
+static void spin_dither(uint32_t *x, unsigned long max)
+{
+	volatile unsigned long k;
+	unsigned long n;
+
+	if (!max)
+		return;
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	n = *x % (max + 1);
+	for (k = 0; k < n; k++)
+		;
+}
+
+static int cmd_connrate(const char *kind, int iters, int reps,
+			unsigned long dither)
 {
 	char name[64];
 	int l, r, i, ret;
+	uint32_t x;
 
 	snprintf(name, sizeof(name), "connrate.%s", kind);
 	ret = ns_enter(kind);
@@ -434,8 +458,11 @@ static int cmd_connrate(const char *kind, int iters, int reps)
 	for (r = 0; r < reps; r++) {
 		double t0 = now_us();
 
-		for (i = 0; i < iters; i++)
+		x = (r + 1) * 2654435761u;
+		for (i = 0; i < iters; i++) {
+			spin_dither(&x, dither);
 			one_connect(l, PORT, 0);
+		}
 		result(name, iters / ((now_us() - t0) / 1e6), "conn/s");
 	}
 	close(l);
@@ -808,7 +835,8 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	init_fd = self_ns_fd();
 	if (argc >= 5 && !strcmp(argv[1], "connrate"))
-		return cmd_connrate(argv[2], atoi(argv[3]), atoi(argv[4]));
+		return cmd_connrate(argv[2], atoi(argv[3]), atoi(argv[4]),
+				    argc >= 6 ? strtoul(argv[5], NULL, 0) : 0);
 	if (argc >= 6 && !strcmp(argv[1], "scale")) {
 		probes_setup();
 		return cmd_scale(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]),
