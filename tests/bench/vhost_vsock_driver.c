@@ -75,6 +75,8 @@
 #include <linux/virtio_ring.h>
 #include <linux/virtio_vsock.h>
 
+#include "dither.h"
+
 #define QSZ		256
 #define RX_BUF		3776	/* SKB_WITH_OVERHEAD(4096) on x86_64 */
 #define HDR		sizeof(struct virtio_vsock_hdr)
@@ -120,8 +122,8 @@ static struct conn conns[NCONN];
 static uint32_t close_port = ~0u;
 static bool serving;
 static bool trace;
-static unsigned long dither;
-static uint32_t seed = 1;
+static unsigned long dither_max;
+static uint32_t dither_x;
 static unsigned int rx_posted;		/* receive buffers the device holds */
 static uint16_t rx_done[QSZ];		/* used ones, not yet given back */
 static unsigned int rx_ndone;
@@ -407,30 +409,11 @@ static struct conn *conn_new(uint32_t lport, uint32_t pport, int state)
 	return NULL;
 }
 
-/* Spin for 0 to @dither iterations (xorshift32 from the seed). */
-static void spin_dither(void)
-{
-	static uint32_t x;
-	volatile unsigned long i;
-	unsigned long n;
-
-	if (!dither)
-		return;
-	if (!x)
-		x = seed * 2654435761u ?: 1;
-	x ^= x << 13;
-	x ^= x >> 17;
-	x ^= x << 5;
-	n = x % (dither + 1);
-	for (i = 0; i < n; i++)
-		;
-}
-
 static void handle_pkt(const struct virtio_vsock_hdr *h)
 {
 	struct conn *c;
 
-	spin_dither();
+	dither(&dither_x, dither_max);
 
 	if (trace)
 		fprintf(stderr, "rx op %u %u -> %u len %u flags %u\n",
@@ -658,11 +641,12 @@ int main(int argc, char **argv)
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	trace = getenv("VHOST_VSOCK_DRIVER_TRACE");
+	dither_x = dither_seed(1);
 	while ((opt = getopt(argc, argv, "d:s:")) != -1) {
 		if (opt == 'd')
-			dither = parse_size(optarg);
+			dither_max = parse_size(optarg);
 		else if (opt == 's' && parse_size(optarg) <= UINT32_MAX)
-			seed = parse_size(optarg);
+			dither_x = dither_seed(parse_size(optarg));
 		else
 			goto usage;
 	}

@@ -82,6 +82,8 @@
 #include <linux/vhost.h>
 #include <linux/vm_sockets.h>
 
+#include "dither.h"
+
 #define PORT		5000
 #define BUCKETS		251	/* VSOCK_HASH_SIZE */
 #define VHOST_CID	42
@@ -423,24 +425,8 @@ static void probes_count(const char *name, void (*op)(void *), void *arg,
 	}
 }
 
-/* Spin for 0 to @max loop iterations, pseudo-randomly from *@x. */
-static void spin_dither(uint32_t *x, unsigned long max)
-{
-	volatile unsigned long k;
-	unsigned long n;
-
-	if (!max)
-		return;
-	*x ^= *x << 13;
-	*x ^= *x >> 17;
-	*x ^= *x << 5;
-	n = *x % (max + 1);
-	for (k = 0; k < n; k++)
-		;
-}
-
 static int cmd_connrate(const char *kind, int iters, int reps,
-			unsigned long dither)
+			unsigned long max)
 {
 	char name[64];
 	int l, r, i, ret;
@@ -458,9 +444,9 @@ static int cmd_connrate(const char *kind, int iters, int reps,
 	for (r = 0; r < reps; r++) {
 		double t0 = now_us();
 
-		x = (r + 1) * 2654435761u;
+		x = dither_seed(r + 1);
 		for (i = 0; i < iters; i++) {
-			spin_dither(&x, dither);
+			dither(&x, max);
 			one_connect(l, PORT, 0);
 		}
 		result(name, iters / ((now_us() - t0) / 1e6), "conn/s");
