@@ -3,7 +3,7 @@
  * insn_profile: a QEMU TCG plugin that counts, exactly, how many times each
  * instruction of the guest kernel executes between two passes through a
  * marker address: an instruction profile that no cache, timer or sampling
- * rate blurs, for scripts/bench-profile.
+ * rate blurs, for scripts/bench-callcost METHOD=insn.
  *
  *   qemu-system-x86_64 ... -plugin PATH/insn_profile.so,mark=0xADDR,out=FILE
  *
@@ -12,6 +12,12 @@
  * every even pass writes "ADDR COUNT" for each kernel instruction executed
  * since, and "user COUNT" for the instructions below the kernel half of
  * the address space, to FILE.K (K = 1, 2, ...).
+ *
+ * The VM must run single-threaded TCG (vm-run --icount): nothing here is
+ * locked.  What it counts is what QEMU executes as guest instructions: a
+ * REP-prefixed string instruction counts once per iteration (as -icount
+ * does), an instruction that faults and is restarted counts twice, and the
+ * user count adds whole translation blocks, so it is approximate.
  *
  * Debian's QEMU (7.2) exports the plugin API but ships no plugin and no
  * header, so the few declarations used are written out below, as the API
@@ -148,7 +154,7 @@ static void on_tb(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 		/* kept at most half full, so that probes stay short */
 		if (used >= (1ULL << SLOTS_BITS) / 2) {
 			fprintf(stderr, "insn_profile: table full\n");
-			abort();
+			exit(1);
 		}
 		qemu_plugin_register_vcpu_insn_exec_inline(insn,
 			QEMU_PLUGIN_INLINE_ADD_U64, counter(addr), 1);
