@@ -41,7 +41,7 @@
  *
  * -s SEED: the dither's seed (default 1).
  * -d N: before handling each packet, spin for a pseudo-random number of
- * loop iterations from 0 to N (the same sequence on every run).  On one
+ * loop iterations from 0 to N (the same sequence for a given SEED).  On one
  * vCPU the order in which the host's task, the vhost worker and this driver
  * run settles into a pattern that icount reproduces exactly, and a few
  * instructions more or less anywhere can switch it to another: a driver
