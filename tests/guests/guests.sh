@@ -129,8 +129,9 @@ done
 # Outcome of a host connect: ok, reset, enodev, timed-out, or other.  A
 # vsock connect times out after 2 s without an answer, and a guest under
 # TCG inside TCG on a loaded machine can take longer to answer: a connect
-# that timed out is tried again, up to three times in all (said on stderr);
-# a timed-out outcome is never taken for a delivery.
+# that timed out is tried again, up to three times in all (each retry is
+# said on stderr and counted in $GUEST_DIR/retries; the V3 checks say how
+# many there were); a timed-out outcome is never taken for a delivery.
 outcome() { # NETNS|- CID PORT MSG [seqpacket]
     local out rc o try cmd=(nc --send-only --vsock "$2" "$3")
     [ "${5:-}" != seqpacket ] || cmd=(socat -u - "VSOCK-CONNECT:$2:$3,socktype=5")
@@ -145,6 +146,7 @@ outcome() { # NETNS|- CID PORT MSG [seqpacket]
         esac
         [ "$o" = timed-out ] || break
         echo "# '$4' to CID $2 port $3: connect try $try of 3 timed out" >&2
+        echo "$4" >>"$GUEST_DIR/retries"
     done
     echo "$o"
 }
@@ -174,6 +176,7 @@ for ns in - "$G" "$L1" "$L2"; do
             "ok, $want" "${GOT_OUTCOME[$ns${ty:+,$ty}]}, ${where:-nowhere}"
     done
 done
+diag "V3: $({ wc -l <"$GUEST_DIR/retries"; } 2>/dev/null || echo 0) host connects timed out and were tried again"
 lap "V2 refusal and V3 host to guest"
 
 # --- guest to host: V4 ---------------------------------------------------------
@@ -243,8 +246,9 @@ for g in "${GUESTS[@]}"; do
     done
 done
 
-# --- inside a guest: G1 --------------------------------------------------------
 lap "V4 guest to host"
+
+# --- inside a guest: G1 --------------------------------------------------------
 guest_check_g1 gG
 lap "G1 in gG"
 
