@@ -41,10 +41,10 @@
  *		destruction is included (waits until the netns are freed)
  *	mem KIND COUNT REPS
  *		free memory (MemFree plus the per-CPU free lists of
- *		/proc/zoneinfo), Slab and allocated bytes (slab objects in
- *		use plus kmalloc()s too large for a slab cache) delta per
- *		netns with COUNT namespaces held open; the caches whose
- *		objects moved by 8 bytes per netns or more as "# mem" notes
+ *		/proc/zoneinfo), Slab and slab memory charged object by
+ *		object (mem_slabobj, see slab_usage()) delta per netns with
+ *		COUNT namespaces held open; the caches that moved by 8
+ *		bytes per netns or more as "# mem" notes
  *	acceptloop PORT [COUNT REPS NAME]
  *		accept and close connections on port PORT, in the current
  *		netns, until killed (the peer of connto); with COUNT, REPS
@@ -724,75 +724,98 @@ static long free_kib(void)
 	return meminfo("MemFree") + pcp * page_kib;
 }
 
-/* Bytes allocated from the slab allocator, object by object: the sum over
- * /proc/slabinfo of active objects times object size, plus the kmalloc()s
- * too large for any cache, which are counted in Slab (NR_SLAB_UNRECLAIMABLE)
- * but in no cache: Slab minus the pages of the caches' slabs.  Unlike Slab
- * alone it does not move by a slab's pages when one more slab is started or
- * an empty one freed, so over 1,000 namespaces it resolves a few bytes per
- * netns.  The per-CPU slab of a cache counts as in use whole, which bounds
- * the error by one slab per cache.
+/* Slab memory charged object by object: for each cache of /proc/slabinfo,
+ * its objects in use times the memory of one of its slots (the bytes of a
+ * slab over the objects it holds, so the unused tail of each slab is charged
+ * too: an object that grows past a fraction of a slab costs what it makes
+ * its cache lose), plus the kmalloc()s too large for any cache, which Slab
+ * (NR_SLAB_UNRECLAIMABLE_B) counts but no cache does: Slab minus the pages
+ * of every cache's slabs.  Unlike Slab alone it does not move by a slab's
+ * pages when a slab is started or an empty one freed.  It leaves out what
+ * is not slab memory (vmalloc, percpu, page tables).  The vsock benchmark
+ * VM has no SMP, hence no per-CPU partial slabs: the one CPU slab of a
+ * cache counts as in use whole, which bounds the error by one slab per
+ * cache (32 KiB for an order-3 one: 32 B/netns over 1,000 namespaces).
  */
 #define MAXCACHES	512
 
 struct slab_usage {
 	int n;
 	long total;			/* bytes */
+	long large;			/* bytes of large kmalloc()s */
 	char name[MAXCACHES][64];
-	long bytes[MAXCACHES];		/* active objects * object size */
+	long bytes[MAXCACHES];		/* bytes charged to the cache */
 };
 
-static void slab_usage(struct slab_usage *u)
+/* 0, or -errno when the kernel has no /proc/slabinfo (CONFIG_SLUB_DEBUG=n) */
+static int slab_usage(struct slab_usage *u)
 {
 	long active, num, size, perslab, pages, slabs, slab_pages = 0;
 	long page = sysconf(_SC_PAGESIZE);
 	char line[512], name[64];
 	FILE *f = fopen("/proc/slabinfo", "r");
+	int lines = 0;
 
 	if (!f)
-		die("/proc/slabinfo");
+		return -errno;
 	u->n = 0;
 	u->total = 0;
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%63s %ld %ld %ld %ld %ld : tunables %*d %*d %*d : slabdata %*d %ld",
-			   name, &active, &num, &size, &perslab, &pages,
-			   &slabs) != 7)
-			continue;	/* the two header lines */
+		if (++lines <= 2)
+			continue;	/* version and column names */
+		if (sscanf(line, "%63s %ld %ld %ld %ld %ld : tunables %*d %*d %*d"
+			   " : slabdata %*d %ld", name, &active, &num, &size,
+			   &perslab, &pages, &slabs) != 7 || perslab <= 0)
+			die("/proc/slabinfo: a line not understood");
 		if (u->n == MAXCACHES)
 			die("/proc/slabinfo: more than MAXCACHES caches");
-		snprintf(u->name[u->n], sizeof(u->name[0]), "%s", name);
-		u->bytes[u->n] = active * size;
-		u->total += active * size;
+		strcpy(u->name[u->n], name);
+		u->bytes[u->n] = active * pages * page / perslab;
+		u->total += u->bytes[u->n];
 		slab_pages += slabs * pages;
 		u->n++;
 	}
 	fclose(f);
-	/* the large kmalloc()s */
-	u->total += meminfo("Slab") * 1024 - slab_pages * page;
+	u->large = meminfo("Slab") * 1024 - slab_pages * page;
+	u->total += u->large;
+	return 0;
 }
 
-/* "# mem KIND: CACHE +B ..." for the caches that moved by 8 B/netns or more */
+/* the bytes cache @name has in @u, 0 when it has no such cache */
+static long slab_usage_of(const struct slab_usage *u, const char *name)
+{
+	int i;
+
+	for (i = 0; i < u->n; i++)
+		if (!strcmp(u->name[i], name))
+			return u->bytes[i];
+	return 0;
+}
+
+/* "# mem KIND: ... CACHE +B ..." for the caches that moved by 8 B/netns or
+ * more, in either direction, from snapshot @a to snapshot @b
+ */
 static void slab_usage_note(const char *kind, const struct slab_usage *a,
 			    const struct slab_usage *b, int count)
 {
-	long large_a = a->total, large_b = b->total;
-	int i, j;
+	long d;
+	int i;
 
-	printf("# mem %s: B/netns by cache:", kind);
+	printf("# mem %s: slab memory charged by cache, B/netns:", kind);
 	for (i = 0; i < b->n; i++) {
-		long before = 0, d;
-
-		for (j = 0; j < a->n; j++)
-			if (!strcmp(a->name[j], b->name[i]))
-				before = a->bytes[j];
-		large_b -= b->bytes[i];
-		d = b->bytes[i] - before;
+		d = b->bytes[i] - slab_usage_of(a, b->name[i]);
 		if (d >= 8L * count || d <= -8L * count)
-			printf(" %s %+.0f", b->name[i], (double)d / count);
+			printf(" %s %+ld", b->name[i], d / count);
 	}
-	for (j = 0; j < a->n; j++)
-		large_a -= a->bytes[j];
-	printf(" (large kmalloc %+.0f)\n", (double)(large_b - large_a) / count);
+	for (i = 0; i < a->n; i++) {	/* caches gone since @a */
+		d = slab_usage_of(b, a->name[i]) - a->bytes[i];
+		if (!slab_usage_of(b, a->name[i]) && d <= -8L * count)
+			printf(" %s %+ld", a->name[i], d / count);
+	}
+	printf("; large kmalloc()s %+ld%s\n", (b->large - a->large) / count,
+	       b->large < 0 || a->large < 0 ?
+	       " (Slab below the caches' slab pages: some slab fell back to"
+	       " a smaller order, the figure is not exact)" : "");
 	fflush(stdout);
 }
 
@@ -809,11 +832,12 @@ static int cmd_mem(const char *kind, int count, int reps)
 	for (r = 0; r < reps; r++) {
 		static struct slab_usage u0, u1;
 		long free0, slab0, free1, slab1;
+		int have_slabinfo;
 
 		usleep(100000);
 		free0 = free_kib();
 		slab0 = meminfo("Slab");
-		slab_usage(&u0);
+		have_slabinfo = !slab_usage(&u0);
 		for (i = 0; i < count; i++) {
 			if (ns_enter(kind))
 				die("unshare (mem)");
@@ -823,14 +847,20 @@ static int cmd_mem(const char *kind, int count, int reps)
 		usleep(100000);
 		free1 = free_kib();
 		slab1 = meminfo("Slab");
-		slab_usage(&u1);
+		if (have_slabinfo && slab_usage(&u1))
+			die("/proc/slabinfo went away");
 		result(strcat(strcpy(name, "mem_free."), kind),
 		       (free0 - free1) * 1024.0 / count, "B/netns");
 		result(strcat(strcpy(name, "mem_slab."), kind),
 		       (slab1 - slab0) * 1024.0 / count, "B/netns");
-		result(strcat(strcpy(name, "mem_alloc."), kind),
-		       (double)(u1.total - u0.total) / count, "B/netns");
-		slab_usage_note(kind, &u0, &u1, count);
+		strcat(strcpy(name, "mem_slabobj."), kind);
+		if (have_slabinfo) {
+			result(name, (double)(u1.total - u0.total) / count,
+			       "B/netns");
+			slab_usage_note(kind, &u0, &u1, count);
+		} else {
+			na(name, -ENOENT);	/* no /proc/slabinfo */
+		}
 		for (i = 0; i < count; i++)
 			close(fds[i]);
 		drain(held);
