@@ -15,6 +15,9 @@
  * init_net) and "local".  init_net's child_ns_mode is write-once for the boot
  * and never written: a local netns is made by unsharing a "parent" netns,
  * writing "local" to its child_ns_mode and unsharing again from there.
+ * "nested" (mem only) is made the same way without the write: a global
+ * netns that is a child of another, what the baseline, which has no local
+ * mode, compares with ours' local.
  *
  *	connrate KIND ITERS REPS [DITHER]
  *		connect+accept+close loop on CID 1 inside a KIND netns; with
@@ -69,6 +72,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -142,14 +146,17 @@ static int ns_enter(const char *kind)
 	if (!strcmp(kind, "global"))
 		return unshare(CLONE_NEWNET) ? -errno : 0;
 	/* "local2": one more local netns, named apart in the results */
-	if (strcmp(kind, "local") && strcmp(kind, "local2"))
+	if (strcmp(kind, "local") && strcmp(kind, "local2") &&
+	    strcmp(kind, "nested"))
 		return -EINVAL;
 	if (parent_fd < 0) {
-		int ret;
+		int ret = 0;
 
 		if (unshare(CLONE_NEWNET))
 			die("unshare parent");
-		ret = write_str("/proc/sys/net/vsock/child_ns_mode", "local\n");
+		if (strcmp(kind, "nested"))
+			ret = write_str("/proc/sys/net/vsock/child_ns_mode",
+					"local\n");
 		if (ret) {
 			setns(init_fd, CLONE_NEWNET);
 			return ret;
@@ -726,16 +733,19 @@ static long free_kib(void)
 
 /* Slab memory charged object by object: for each cache of /proc/slabinfo,
  * its objects in use times the memory of one of its slots (the bytes of a
- * slab over the objects it holds, so the unused tail of each slab is charged
- * too: an object that grows past a fraction of a slab costs what it makes
- * its cache lose), plus the kmalloc()s too large for any cache, which Slab
- * (NR_SLAB_UNRECLAIMABLE_B) counts but no cache does: Slab minus the pages
- * of every cache's slabs.  Unlike Slab alone it does not move by a slab's
- * pages when a slab is started or an empty one freed.  It leaves out what
- * is not slab memory (vmalloc, percpu, page tables).  The vsock benchmark
- * VM has no SMP, hence no per-CPU partial slabs: the one CPU slab of a
- * cache counts as in use whole, which bounds the error by one slab per
- * cache (32 KiB for an order-3 one: 32 B/netns over 1,000 namespaces).
+ * slab of the cache's preferred order over the objects it holds, so the
+ * unused tail of each slab is charged too: an object that grows past a
+ * fraction of a slab costs what it makes its cache lose), plus the
+ * kmalloc()s too large for any cache, which Slab (SReclaimable plus
+ * SUnreclaim) counts but no cache does: Slab minus the pages of every
+ * cache's slabs.  It leaves out what is not slab memory (vmalloc, percpu,
+ * page tables).  SLUB counts the objects of a CPU slab as in use whether
+ * they are or not, so every cache is shrunk first (/sys/kernel/slab/ ...
+ * /shrink: its CPU slabs are flushed and empty slabs freed), which makes
+ * the count of objects in use exact: a slab started or freed does not
+ * move the figure.  A slab that fell back to a smaller order than the
+ * cache's preferred one is charged as if it had not, and shows only when
+ * the large kmalloc()s come out negative (the note says so).
  */
 #define MAXCACHES	512
 
@@ -747,15 +757,38 @@ struct slab_usage {
 	long bytes[MAXCACHES];		/* bytes charged to the cache */
 };
 
+/* Shrink every slab cache (aliases are links: each cache once). */
+static void slab_shrink(void)
+{
+	DIR *d = opendir("/sys/kernel/slab");
+	struct dirent *e;
+	char path[512];
+
+	if (!d)
+		die("/sys/kernel/slab");
+	while ((e = readdir(d)))
+		if (e->d_type == DT_DIR && e->d_name[0] != '.') {
+			snprintf(path, sizeof(path), "/sys/kernel/slab/%s/shrink",
+				 e->d_name);
+			if (write_str(path, "1"))
+				die("shrink a slab cache");
+		}
+	closedir(d);
+}
+
 /* 0, or -errno when the kernel has no /proc/slabinfo (CONFIG_SLUB_DEBUG=n) */
 static int slab_usage(struct slab_usage *u)
 {
 	long active, num, size, perslab, pages, slabs, slab_pages = 0;
 	long page = sysconf(_SC_PAGESIZE);
 	char line[512], name[64];
-	FILE *f = fopen("/proc/slabinfo", "r");
 	int lines = 0;
+	FILE *f;
 
+	if (access("/proc/slabinfo", R_OK))
+		return -errno;
+	slab_shrink();
+	f = fopen("/proc/slabinfo", "r");
 	if (!f)
 		return -errno;
 	u->n = 0;
@@ -781,41 +814,44 @@ static int slab_usage(struct slab_usage *u)
 	return 0;
 }
 
-/* the bytes cache @name has in @u, 0 when it has no such cache */
-static long slab_usage_of(const struct slab_usage *u, const char *name)
+/* the index of cache @name in @u, -1 when @u has no such cache */
+static int slab_usage_find(const struct slab_usage *u, const char *name)
 {
 	int i;
 
 	for (i = 0; i < u->n; i++)
 		if (!strcmp(u->name[i], name))
-			return u->bytes[i];
-	return 0;
+			return i;
+	return -1;
 }
 
 /* "# mem KIND: ... CACHE +B ..." for the caches that moved by 8 B/netns or
- * more, in either direction, from snapshot @a to snapshot @b
+ * more, in either direction, from snapshot @a to snapshot @b (a cache of
+ * one snapshot only counts as 0 bytes in the other)
  */
 static void slab_usage_note(const char *kind, const struct slab_usage *a,
 			    const struct slab_usage *b, int count)
 {
 	long d;
-	int i;
+	int i, j;
 
 	printf("# mem %s: slab memory charged by cache, B/netns:", kind);
 	for (i = 0; i < b->n; i++) {
-		d = b->bytes[i] - slab_usage_of(a, b->name[i]);
+		j = slab_usage_find(a, b->name[i]);
+		d = b->bytes[i] - (j < 0 ? 0 : a->bytes[j]);
 		if (d >= 8L * count || d <= -8L * count)
 			printf(" %s %+ld", b->name[i], d / count);
 	}
 	for (i = 0; i < a->n; i++) {	/* caches gone since @a */
-		d = slab_usage_of(b, a->name[i]) - a->bytes[i];
-		if (!slab_usage_of(b, a->name[i]) && d <= -8L * count)
+		d = -a->bytes[i];
+		if (slab_usage_find(b, a->name[i]) < 0 && d <= -8L * count)
 			printf(" %s %+ld", a->name[i], d / count);
 	}
 	printf("; large kmalloc()s %+ld%s\n", (b->large - a->large) / count,
 	       b->large < 0 || a->large < 0 ?
-	       " (Slab below the caches' slab pages: some slab fell back to"
-	       " a smaller order, the figure is not exact)" : "");
+	       " (Slab below the caches' slab pages: some slab has a smaller"
+	       " order than its cache's preferred one, and the figure charges"
+	       " its objects as if it had not)" : "");
 	fflush(stdout);
 }
 
@@ -832,12 +868,15 @@ static int cmd_mem(const char *kind, int count, int reps)
 	for (r = 0; r < reps; r++) {
 		static struct slab_usage u0, u1;
 		long free0, slab0, free1, slab1;
-		int have_slabinfo;
+		int no_slabinfo;
 
+		/* slab_usage() shrinks the caches first: the other two
+		 * figures are read after it, at both ends
+		 */
 		usleep(100000);
+		no_slabinfo = slab_usage(&u0);
 		free0 = free_kib();
 		slab0 = meminfo("Slab");
-		have_slabinfo = !slab_usage(&u0);
 		for (i = 0; i < count; i++) {
 			if (ns_enter(kind))
 				die("unshare (mem)");
@@ -845,21 +884,21 @@ static int cmd_mem(const char *kind, int count, int reps)
 		}
 		setns(init_fd, CLONE_NEWNET);
 		usleep(100000);
+		if (!no_slabinfo && slab_usage(&u1))
+			die("/proc/slabinfo went away");
 		free1 = free_kib();
 		slab1 = meminfo("Slab");
-		if (have_slabinfo && slab_usage(&u1))
-			die("/proc/slabinfo went away");
 		result(strcat(strcpy(name, "mem_free."), kind),
 		       (free0 - free1) * 1024.0 / count, "B/netns");
 		result(strcat(strcpy(name, "mem_slab."), kind),
 		       (slab1 - slab0) * 1024.0 / count, "B/netns");
 		strcat(strcpy(name, "mem_slabobj."), kind);
-		if (have_slabinfo) {
+		if (!no_slabinfo) {
 			result(name, (double)(u1.total - u0.total) / count,
 			       "B/netns");
 			slab_usage_note(kind, &u0, &u1, count);
 		} else {
-			na(name, -ENOENT);	/* no /proc/slabinfo */
+			na(name, no_slabinfo);	/* no /proc/slabinfo */
 		}
 		for (i = 0; i < count; i++)
 			close(fds[i]);
