@@ -740,10 +740,9 @@ static long free_kib(void)
  * SUnreclaim) counts but no cache does: Slab minus the pages of every
  * cache's slabs.  It leaves out what is not slab memory (vmalloc, percpu,
  * page tables).  SLUB counts the objects of a CPU slab as in use whether
- * they are or not, so every cache is shrunk first (/sys/kernel/slab/ ...
- * /shrink: its CPU slabs are flushed and empty slabs freed), which makes
- * the count of objects in use exact: a slab started or freed does not
- * move the figure.  A slab that fell back to a smaller order than the
+ * they are or not: cmd_mem() shrinks every cache (slab_shrink()) before
+ * each snapshot, which makes the count of objects in use exact: a slab
+ * started or freed does not move the figure.  A slab that fell back to a smaller order than the
  * cache's preferred one is charged as if it had not, and shows only when
  * the large kmalloc()s come out negative (the note says so).
  */
@@ -757,7 +756,9 @@ struct slab_usage {
 	long bytes[MAXCACHES];		/* bytes charged to the cache */
 };
 
-/* Shrink every slab cache (aliases are links: each cache once). */
+/* Shrink every slab cache (aliases are links: each cache once), when the
+ * kernel has /sys/kernel/slab: CPU slabs flushed, empty slabs freed.
+ */
 static void slab_shrink(void)
 {
 	DIR *d = opendir("/sys/kernel/slab");
@@ -765,7 +766,7 @@ static void slab_shrink(void)
 	char path[512];
 
 	if (!d)
-		die("/sys/kernel/slab");
+		return;
 	while ((e = readdir(d)))
 		if (e->d_type == DT_DIR && e->d_name[0] != '.') {
 			snprintf(path, sizeof(path), "/sys/kernel/slab/%s/shrink",
@@ -785,9 +786,6 @@ static int slab_usage(struct slab_usage *u)
 	int lines = 0;
 	FILE *f;
 
-	if (access("/proc/slabinfo", R_OK))
-		return -errno;
-	slab_shrink();
 	f = fopen("/proc/slabinfo", "r");
 	if (!f)
 		return -errno;
@@ -870,10 +868,9 @@ static int cmd_mem(const char *kind, int count, int reps)
 		long free0, slab0, free1, slab1;
 		int no_slabinfo;
 
-		/* slab_usage() shrinks the caches first: the other two
-		 * figures are read after it, at both ends
-		 */
+		/* every figure is read with the caches just shrunk */
 		usleep(100000);
+		slab_shrink();
 		no_slabinfo = slab_usage(&u0);
 		free0 = free_kib();
 		slab0 = meminfo("Slab");
@@ -884,6 +881,7 @@ static int cmd_mem(const char *kind, int count, int reps)
 		}
 		setns(init_fd, CLONE_NEWNET);
 		usleep(100000);
+		slab_shrink();
 		if (!no_slabinfo && slab_usage(&u1))
 			die("/proc/slabinfo went away");
 		free1 = free_kib();
