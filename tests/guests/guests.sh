@@ -17,6 +17,8 @@
 #       (STREAM: ENETUNREACH, SEQPACKET: ESOCKTNOSUPPORT)
 #   V5  releasing a device resets only its own connections
 #   V6  ip netns del of a running guest's netns: its connection keeps working
+#   V4  double bind connect: after a close, the same source port connects
+#       again (the host's reset frees it)
 #   V4  the kernel's vsock_test (STREAM and SEQPACKET) between gG and a host
 #       process in vg_global, and between gL1 and one in vg_local1; its
 #       control channel is TCP over QEMU's user-mode network
@@ -27,7 +29,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-NTESTS=35
+NTESTS=37
 echo "TAP version 13"
 echo "1..$NTESTS"
 SUITE=guests
@@ -261,8 +263,16 @@ lap "G1 in gG"
 VT=$ROOT/build/vsock-test/vsock_test-120s
 # the slow ones under TCG inside TCG: multiple connections, big messages,
 # the MSG_ZEROCOPY and credit-update bulk tests (they run over loopback in
-# the vsock-test suite of make check)
-VT_SKIP=(4 11 14 18 19 20 22 23)
+# the vsock-test suite of make check).  And 21, "SOCK_STREAM double bind
+# connect": its client binds port peer_port + 1, connects, closes and binds
+# the same port again as soon as the server's "LISTENING" arrives over the
+# TCP control channel; its first socket stays bound until the server's
+# reset (sent when the server sees the peer's shutdown) reaches it.  Here
+# the reset (vhost, then the guest's rx worker) and "LISTENING" (QEMU's
+# user-mode network) race, and under TCG in TCG the reset lost once in CI
+# ("bind: Address already in use" in the guest).  V4 "double bind connect"
+# below checks the same rule without the race: it waits for the port.
+VT_SKIP=(4 11 14 18 19 20 21 22 23)
 vsock_test_pair() { # GUEST NETNS
     local g=$1 ns=$2 srv=$GUEST_DIR/vt-server-$1 rc=0 args=() i
     for i in "${VT_SKIP[@]}"; do args+=("--skip=$i"); done
@@ -284,6 +294,37 @@ vsock_test_pair() { # GUEST NETNS
         notok "V4 vsock_test between $g and a host process in $ns: client exit $rc, server exit $srv_rc: $(tail -n 3 <<<"$GOUT" | tr '\n' ' ') / $(tail -n 3 "$srv" | tr '\n' ' ')"
     fi
 }
+# V4 double bind connect (vsock_test's test 21 without its race): the guest
+# binds port 3004, connects to a host listener on 2004 in NETNS and closes;
+# the host side keeps its accepted socket open (sleep 60), but the peer's
+# shutdown must take it out of the connected table and reset the guest's
+# socket, which unbinds port 3004 long before the guest's 8 s close timeout
+# would.  3 s later (guest time, as the close timeout) the guest connects
+# from port 3004 again: "Address already in use" means no reset came, and
+# the second message must reach the listener, not the old socket.
+double_bind_connect() { # GUEST NETNS
+    local g=$1 ns=$2 out=$GUEST_DIR/dbc-$1 rc=0 srv
+    : >"$out"
+    inns_bg "$GUEST_DIR/dbc-srv-$g" "$ns" timeout 300 \
+        socat -t 60 VSOCK-LISTEN:2004,fork SYSTEM:"cat >>$out; sleep 60"
+    srv=$BGPID
+    for _ in $(seq 100); do
+        inns "$ns" ss -Hl --vsock | grep -q ':2004\b' && break
+        sleep 0.1
+    done
+    guest_exec "$g" "echo one | socat -t 1 - VSOCK-CONNECT:2:2004,bind=${GCID[$g]}:3004 2>&1 && sleep 3 && echo two | socat -t 1 - VSOCK-CONNECT:2:2004,bind=${GCID[$g]}:3004 2>&1" 120 || rc=$?
+    for _ in $(seq 50); do [ "$(wc -l <"$out")" -ge 2 ] && break; sleep 0.1; done
+    kill -TERM "$srv" 2>/dev/null || true
+    wait "$srv" 2>/dev/null || true
+    if [ "$rc" = 0 ] && [ "$(paste -sd, "$out")" = one,two ]; then
+        ok "V4 double bind connect $g -> $ns: 3 s after a close, a connect from the same port 3004 reaches the listener again"
+    else
+        notok "V4 double bind connect $g -> $ns: guest exit $rc, host got '$(paste -sd, "$out")' (want one,two): $(tail -n 3 <<<"$GOUT" | tr '\n' ' ')"
+    fi
+}
+double_bind_connect gG "$G"
+double_bind_connect gL1 "$L1"
+lap "double bind connect"
 if [ -x "$VT" ]; then
     vsock_test_pair gG "$G"
     lap "vsock_test gG"
