@@ -274,9 +274,9 @@ VT=$ROOT/build/vsock-test/vsock_test-120s
 # TCP control channel; its first socket stays bound until the server's
 # reset (sent when the server sees the peer's shutdown) reaches it.  Here
 # the reset (vhost, then the guest's rx worker) and "LISTENING" (QEMU's
-# user-mode network) race, and under TCG in TCG the reset lost the race once in CI
-# ("bind: Address already in use" in the guest).  V4 "double bind connect"
-# below checks the same rule without the race: it waits for the port.
+# user-mode network) race, and under TCG in TCG the reset lost the race
+# once in CI ("bind: Address already in use" in the guest).  V4 "double
+# bind connect" below checks the same rule without the race: it waits.
 VT_SKIP=(4 11 14 18 19 20 21 22 23)
 vsock_test_pair() { # GUEST NETNS
     local g=$1 ns=$2 srv=$GUEST_DIR/vt-server-$1 rc=0 args=() i
