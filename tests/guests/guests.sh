@@ -84,6 +84,16 @@ inns_bg() { # OUT NETNS|- CMD...
     HPIDS+=("$BGPID")
 }
 
+wait_host_listen() { # NETNS SS-OPTION PORT: until ss there lists a listener on PORT
+    local i
+    for i in $(seq 100); do
+        inns "$1" ss -Hl "$2" | grep -q ":$3\b" && return 0
+        sleep 0.1
+    done
+    diag "no listener on port $3 ($2) in $(nsname "$1") after 10 s"
+    return 1
+}
+
 forget_pid() { # PID: no longer one for cleanup to kill (it was reaped)
     local i
     for i in "${!HPIDS[@]}"; do [ "${HPIDS[$i]}" != "$1" ] || unset "HPIDS[$i]"; done
@@ -283,10 +293,7 @@ vsock_test_pair() { # GUEST NETNS
     for i in "${VT_SKIP[@]}"; do args+=("--skip=$i"); done
     inns_bg "$srv" "$ns" timeout 900 "$VT" --mode=server --control-port=5000 \
         --peer-cid="${GCID[$g]}" "${args[@]}"
-    for _ in $(seq 100); do
-        ip netns exec "$ns" ss -Hlt 2>/dev/null | grep -q ':5000\b' && break
-        sleep 0.1
-    done
+    wait_host_listen "$ns" -t 5000 || true
     guest_exec "$g" "$VT --mode=client --control-host=10.0.2.2 --control-port=5000 --peer-cid=2 ${args[*]} 2>&1" 900 || rc=$?
     # a failed client leaves the server waiting for its control channel
     [ "$rc" = 0 ] || kill -TERM "$BGPID" 2>/dev/null || true
@@ -316,16 +323,12 @@ vsock_test_pair() { # GUEST NETNS
 # check could not tell a reset from the close timeout, and fails as
 # inconclusive.
 double_bind_connect() { # GUEST NETNS
-    local g=$1 ns=$2 out=$GUEST_DIR/dbc-$1 rc=0 srv t0 t1 ms='' i
+    local g=$1 ns=$2 out=$GUEST_DIR/dbc-$1 rc=0 srv t0 t1 ms=
     : >"$out"
     inns_bg "$GUEST_DIR/dbc-srv-$g" "$ns" timeout 300 \
         socat -t 60 VSOCK-LISTEN:2004,fork SYSTEM:"cat >>$out; sleep 60"
     srv=$BGPID
-    for i in $(seq 101); do
-        inns "$ns" ss -Hl --vsock | grep -q ':2004\b' && break
-        [ "$i" -le 100 ] || diag "double bind connect: the host listener in $ns did not show up in 10 s"
-        sleep 0.1
-    done
+    wait_host_listen "$ns" --vsock 2004 || true
     guest_exec "$g" "socat -t 1 - VSOCK-CONNECT:2:2004,bind=${GCID[$g]}:3004 </dev/null 2>&1 && echo closed \$EPOCHREALTIME && sleep 1 && echo two | socat -d -d -lu -t 1 - VSOCK-CONNECT:2:2004,bind=${GCID[$g]}:3004 2>&1" 120 || rc=$?
     for _ in $(seq 50); do [ -s "$out" ] && break; sleep 0.1; done
     kill -TERM "$srv" 2>/dev/null || true
